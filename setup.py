@@ -1,0 +1,35 @@
+"""rlvf: C3PO (Stephan et al., ICML 2024) in plain PyTorch.
+
+The top-level kernels/ directory is installed as the subpackage ``rlvf.kernels``: a top-level
+package named ``kernels`` would shadow Hugging Face's ``kernels`` library, which transformers probes.
+"""
+from setuptools import setup
+
+setup(
+    name="rlvf",
+    version="0.1.0",
+    description="C3PO: learning from verbal feedback without overgeneralization, in plain PyTorch",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=["rlvf", "rlvf.kernels"],
+    package_dir={"rlvf": "rlvf", "rlvf.kernels": "kernels"},
+    package_data={"rlvf": ["py.typed"]},
+    install_requires=[
+        "torch>=2.4",
+        "transformers>=4.46",
+        "safetensors>=0.4.3",
+        "datasets>=2.20",
+        "httpx>=0.27",
+        "numpy>=1.24",
+        "pyyaml>=6.0",
+        "tqdm>=4.66",
+    ],
+    extras_require={
+        # peft is a test oracle only (adapter format), never imported by rlvf itself.
+        "test": ["pytest>=8", "peft>=0.13"],
+        "bench": ["peft>=0.13", "trl>=0.12", "liger-kernel>=0.5"],
+        "wandb": ["wandb"],
+        "tensorboard": ["tensorboard"],
+    },
+)
