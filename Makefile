@@ -1,0 +1,29 @@
+# Two entry points (see README): `make demo` runs the main job, `make test` runs the tests.
+# Both create .venv with the CPU build of torch (constraints-cpu.txt); GPU users install their own
+# torch and then `pip install -e .` instead.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: demo test test-slow install
+
+$(VENV)/.installed: setup.py constraints-cpu.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints-cpu.txt -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(PY) -m rlvf.tiny --out runs/tiny-llama --corpus 'configs/data/maddie-heart/*.jsonl'
+	rm -rf runs/demo-c3po
+	$(PY) -m rlvf.train --config configs/demo.yaml
+
+# pytest exits 5 when it collects no tests: that is a broken suite, reported and failed here.
+test: $(VENV)/.installed
+	@$(PY) -m pytest -q -m "not slow and not cuda"; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; exit $$rc
+
+test-slow: $(VENV)/.installed
+	$(PY) -m pytest -q -m "slow"

@@ -1,0 +1,494 @@
+"""Typed experiment configs: one YAML file per experiment ⇄ nested dataclasses.
+
+Every field has a docstring (printed by ``python -m rlvf.train --help-config``). Loading checks
+everything before any work starts and reports the first problem as one line naming the file and key:
+
+    configs/demo.yaml: train.lrr: unknown key (did you mean 'train.lr'?)
+
+Command-line overrides (``--set train.lr=1e-4``, values parsed as YAML) are applied to the raw YAML
+before validation. A ``sweep`` section expands one file into several runs, each in its own
+directory under ``output_dir`` named by what it changed (see ``expand_sweep``).
+"""
+from __future__ import annotations
+
+import ast
+import copy
+import dataclasses
+import difflib
+import inspect
+import itertools
+import math
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from rlvf.errors import UserError
+
+METHODS = ("c3po", "dpo", "scd", "scd_neg", "sft")
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader reading YAML 1.2 floats: PyYAML (YAML 1.1) reads ``1e-5`` as a string."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?=\.?[0-9])(?:[0-9][0-9_]*)?(?:\.[0-9_]*)?(?:[eE][-+]?[0-9]+)?$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"),
+    list("-+0123456789."),
+)
+
+
+def yaml_load(text: str):
+    return yaml.load(text, Loader=_Loader)
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "<required>"
+
+
+REQUIRED: Any = _Required()
+
+
+@dataclass
+class ModelConfig:
+    path: str = REQUIRED
+    """Local Hugging Face model directory (config.json, safetensors weights, tokenizer with a chat template)."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weights dtype of the frozen base model. auto: bfloat16 on CUDA, float32 on CPU (bf16 matmul is slow on CPUs)."""
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    """Attention kernel passed to from_pretrained."""
+    gradient_checkpointing: bool = False
+    """Recompute decoder activations in backward: less memory, about a third more compute."""
+
+
+@dataclass
+class LoRAConfig:
+    r: int = 64
+    """LoRA rank."""
+    alpha: float = 128.0
+    """LoRA alpha; the update is scaled by alpha/r (or alpha/sqrt(r) with use_rslora)."""
+    dropout: float = 0.05
+    """Dropout on the adapter's input."""
+    target_modules: Union[str, list[str]] = "all-linear"
+    """'all-linear' (every nn.Linear but the output head), a list of module names (suffix match, as PEFT), or a regex (full match on the module path)."""
+    exclude_modules: Union[str, list[str]] = field(default_factory=lambda: ["lm_head"])
+    """Modules never wrapped, same syntax as target_modules."""
+    use_rslora: bool = False
+    """Rank-stabilised scaling alpha/sqrt(r) (Kalajdzievski 2023)."""
+    init_from: Union[str, None] = None
+    """Continue from this PEFT-format adapter directory (e.g. DPO after SCD); r/alpha then come from it."""
+
+
+@dataclass
+class DataConfig:
+    dirs: list[str] = REQUIRED
+    """Data directories (one per feedback) with {in_scope,near_scope,out_of_scope}_{train,test}.jsonl; two or more train on several feedbacks at once."""
+    max_length: int = 2048
+    """Longest prompt + completion in tokens; longer rows are truncated prompt-first."""
+    max_prompt_length: int = 1024
+    """Prompts of over-long rows are cut (from the left) to this many tokens before completions are cut."""
+    val_fraction: float = 0.05
+    """Fraction of the training rows held out for validation (0 disables validation)."""
+
+
+@dataclass
+class MethodConfig:
+    name: Literal["c3po", "dpo", "scd", "scd_neg", "sft"] = "c3po"
+    """c3po: DPO(in) + λ_out·L_c(out) + λ_near·L_c(near); dpo: in-scope pairs (plus optional negatives); scd: SFT on revised in-scope responses; scd_neg: scd + λ-weighted SFT on near/out baselines; sft: token-averaged SFT on every row's target."""
+    beta: float = 0.1
+    """DPO temperature β."""
+    loss_type: Literal["sigmoid", "ipo", "hinge"] = "sigmoid"
+    """Preference loss: DPO (sigmoid), IPO or hinge (SLiC)."""
+    label_smoothing: float = 0.0
+    """Conservative DPO label smoothing ε (sigmoid loss only)."""
+    lambda_out: float = 0.2
+    """Weight λ_out of the constraint on out-of-scope rows (c3po, scd_neg)."""
+    lambda_near: float = 0.1
+    """Weight λ_near of the constraint on near-scope rows (c3po, scd_neg)."""
+    constraint: Literal["sft", "kd"] = "sft"
+    """Constraint loss L_c on near/out rows: sft (−log π(baseline)) or kd ((1−κ)·SFT + κ·T²·KL(π_ref‖π))."""
+    kd_kappa: float = 0.5
+    """KD mixing weight κ (constraint: kd)."""
+    kd_temperature: float = 5.0
+    """KD temperature T (constraint: kd)."""
+    kd_per_token: bool = False
+    """Average the constraint per completion token instead of summing per sequence."""
+    kd_squared: bool = False
+    """Use ½·L_c² instead of L_c."""
+    negatives_near_ratio: float = 0.0
+    """dpo only: near-scope pairs (chosen = baseline, rejected = revised) added per in-scope pair."""
+    negatives_out_ratio: float = 0.0
+    """dpo only: out-of-scope pairs (chosen = baseline, rejected = revised) added per in-scope pair."""
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 5e-5
+    """Peak learning rate of AdamW."""
+    epochs: float = 1.0
+    """Passes over the main stream (in-scope pairs or rows); fractions allowed."""
+    max_steps: int = 0
+    """Stop after this many optimizer steps (0: derived from epochs)."""
+    batch_size: int = 1
+    """Main-stream items per micro-batch (c3po also takes as many near and out rows)."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    """Learning-rate schedule after warmup."""
+    warmup_ratio: float = 0.05
+    """Fraction of optimizer steps with linear warmup."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW betas."""
+    max_grad_norm: float = 1.0
+    """Clip the adapter gradients' global norm to this (0 disables)."""
+    seed: int = 42
+    """Seed of adapter init, data order, validation split and dropout."""
+    logprob_chunk_size: int = 1024
+    """Tokens per chunk of the fused lm-head log-prob; bounds logits memory to chunk × vocab."""
+    eval_every: int = 0
+    """Validate every N optimizer steps (0: only at the end)."""
+    save_every: int = 0
+    """Checkpoint every N optimizer steps (0: only at the end)."""
+    save_total_limit: int = 2
+    """Checkpoints kept on disk (older ones are deleted)."""
+    stop_at_step: int = 0
+    """Checkpoint and exit after this optimizer step, as if interrupted (time-boxed jobs); continue with --resume."""
+    log_every: int = 1
+    """Write metrics every N optimizer steps."""
+    report_to: Literal["none", "wandb", "tensorboard"] = "none"
+    """Also report metrics to Weights & Biases or TensorBoard (must be installed)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto: CUDA when available."""
+    progress: bool = True
+    """Show a progress bar on stderr."""
+
+
+@dataclass
+class SweepConfig:
+    params: list[str] = field(default_factory=list)
+    """Dotted keys to sweep together, e.g. [train.lr, lora.r] (the original code's sweep_params)."""
+    values: list[list[Any]] = field(default_factory=list)
+    """One tuple of values per run, aligned with params (the original code's sweep_values)."""
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    """Cartesian grid {dotted key: [values]}; combined with params/values if both are given."""
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The model being trained."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Training data."""
+    output_dir: str = REQUIRED
+    """Run directory: resolved config, metrics.jsonl, checkpoints/, adapter/ (relative paths are relative to the working directory)."""
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    """The adapter."""
+    method: MethodConfig = field(default_factory=MethodConfig)
+    """Objective and its weights."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimisation and bookkeeping."""
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    """Optional sweep over config values."""
+
+
+# ----------------------------------------------------------------------------- type checking
+
+
+def _type_name(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin in (list, dict):
+        return "a list" if origin is list else "a mapping"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+            type(None): "null", Any: "anything"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _coerce(value, tp, key: str, where: str):
+    """Check ``value`` against annotation ``tp``; return it (ints widened to float). Raises UserError."""
+    origin = typing.get_origin(tp)
+    bad = UserError(f"{where}: {key}: expected {_type_name(tp)}, got {value!r}")
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise UserError(f"{where}: {key}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        return _build(tp, value, key, where)
+    if origin is Literal:
+        if value not in typing.get_args(tp) or isinstance(value, bool):
+            raise bad
+        return value
+    if origin in (Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg, key, where)
+            except UserError:
+                pass
+        raise bad
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        (item,) = typing.get_args(tp)
+        return [_coerce(v, item, f"{key}[{i}]", where) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad
+        _, item = typing.get_args(tp)
+        return {str(k): _coerce(v, item, f"{key}.{k}", where) for k, v in value.items()}
+    if tp is type(None):
+        if value is not None:
+            raise bad
+        return None
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise bad
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    raise TypeError(f"unsupported annotation {tp!r} for {key}")
+
+
+def _unknown_key(cls, key: str, name: str, where: str) -> UserError:
+    names = [f.name for f in dataclasses.fields(cls)]
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+    prefix = key.rsplit(".", 1)[0] + "." if "." in key else ""
+    hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f" (known: {', '.join(names)})"
+    return UserError(f"{where}: {key}: unknown key{hint}")
+
+
+def _build(cls, raw: dict, prefix: str, where: str):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for name in raw:
+        if name not in names:
+            raise _unknown_key(cls, f"{prefix}.{name}" if prefix else str(name), str(name), where)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        if f.name in raw:
+            kwargs[f.name] = _coerce(raw[f.name], hints[f.name], key, where)
+        elif dataclasses.is_dataclass(hints[f.name]):  # a missing section still has required keys
+            kwargs[f.name] = _build(hints[f.name], {}, key, where)
+        elif f.default is REQUIRED:
+            raise UserError(f"{where}: {key}: missing required value ({field_doc(cls, f.name)})")
+    return cls(**kwargs)
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _check(cond: bool, where: str, key: str, msg: str) -> None:
+    if not cond:
+        raise UserError(f"{where}: {key}: {msg}")
+
+
+def validate(cfg: Config, where: str) -> Config:
+    """Value ranges and impossible combinations; raises UserError naming the file and key."""
+    m, t, d, lo = cfg.method, cfg.train, cfg.data, cfg.lora
+    _check(lo.r > 0, where, "lora.r", f"must be positive, got {lo.r}")
+    _check(lo.alpha > 0, where, "lora.alpha", f"must be positive, got {lo.alpha}")
+    _check(0 <= lo.dropout < 1, where, "lora.dropout", f"must be in [0, 1), got {lo.dropout}")
+    _check(len(d.dirs) > 0, where, "data.dirs", "needs at least one data directory")
+    _check(d.max_length > 0, where, "data.max_length", f"must be positive, got {d.max_length}")
+    _check(0 < d.max_prompt_length < d.max_length, where, "data.max_prompt_length",
+           f"must be in [1, data.max_length={d.max_length}), got {d.max_prompt_length}")
+    _check(0 <= d.val_fraction < 1, where, "data.val_fraction", f"must be in [0, 1), got {d.val_fraction}")
+    _check(m.beta > 0, where, "method.beta", f"must be positive, got {m.beta}")
+    _check(0 <= m.label_smoothing < 0.5, where, "method.label_smoothing", "must be in [0, 0.5)")
+    _check(m.label_smoothing == 0 or m.loss_type == "sigmoid", where, "method.label_smoothing",
+           f"only applies to loss_type sigmoid, not {m.loss_type}")
+    for key in ("lambda_out", "lambda_near", "negatives_near_ratio", "negatives_out_ratio"):
+        _check(getattr(m, key) >= 0, where, f"method.{key}", "must be >= 0")
+    _check(0 <= m.kd_kappa <= 1, where, "method.kd_kappa", f"must be in [0, 1], got {m.kd_kappa}")
+    _check(m.kd_temperature > 0, where, "method.kd_temperature", "must be positive")
+    _check(m.constraint == "sft" or m.name == "c3po", where, "method.constraint",
+           f"'kd' needs the reference model and applies to method c3po only, not {m.name}")
+    negatives = m.negatives_near_ratio > 0 or m.negatives_out_ratio > 0
+    _check(not negatives or m.name == "dpo", where, "method.negatives_near_ratio",
+           f"negatives turn near/out rows into DPO pairs and apply to method dpo only, not {m.name}")
+    _check(t.lr > 0, where, "train.lr", f"must be positive, got {t.lr}")
+    _check(t.epochs > 0, where, "train.epochs", f"must be positive, got {t.epochs}")
+    for key in ("batch_size", "grad_accum", "logprob_chunk_size", "log_every", "save_total_limit"):
+        _check(getattr(t, key) >= 1, where, f"train.{key}", f"must be >= 1, got {getattr(t, key)}")
+    for key in ("max_steps", "eval_every", "save_every", "stop_at_step"):
+        _check(getattr(t, key) >= 0, where, f"train.{key}", f"must be >= 0, got {getattr(t, key)}")
+    _check(0 <= t.warmup_ratio < 1, where, "train.warmup_ratio", "must be in [0, 1)")
+    _check(t.weight_decay >= 0 and t.max_grad_norm >= 0, where, "train.weight_decay",
+           "weight_decay and max_grad_norm must be >= 0")
+    _check(len(t.adam_betas) == 2 and all(0 <= b < 1 for b in t.adam_betas), where,
+           "train.adam_betas", f"must be two numbers in [0, 1), got {t.adam_betas}")
+    return cfg
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _set_dotted(raw: dict, key: str, value, where: str) -> None:
+    """Set ``raw[a][b][c] = value`` for key 'a.b.c', checking each part names a config field."""
+    cls, node, parts = Config, raw, key.split(".")
+    for i, part in enumerate(parts):
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        if part not in names:
+            raise _unknown_key(cls, ".".join(parts[: i + 1]), part, where)
+        tp = typing.get_type_hints(cls)[part]
+        if i == len(parts) - 1:
+            node[part] = value
+        elif not dataclasses.is_dataclass(tp):
+            raise UserError(f"{where}: {key}: '{'.'.join(parts[:i + 1])}' has no sub-keys")
+        else:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node, cls = node[part], tp
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'train.lr=1e-4' → ('train.lr', 0.0001); the value is parsed as YAML."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--set {text}: expected KEY=VALUE, e.g. --set train.lr=1e-4")
+    try:
+        return key.strip(), yaml_load(value)
+    except yaml.YAMLError as err:
+        raise UserError(f"--set {text}: value is not valid YAML ({err.problem})") from None
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: cannot read config ({err})") from None
+    try:
+        raw = yaml_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"{path}: invalid YAML{line}: {getattr(err, 'problem', err)}") from None
+    if raw is None:
+        raise UserError(f"{path}: config file is empty")
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    return raw
+
+
+def config_from_dict(raw: dict, where: str) -> Config:
+    return validate(_build(Config, raw, "", where), where)
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
+    """Read, override, type-check and validate a YAML config. Raises UserError."""
+    raw = read_yaml(path)
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_dotted(raw, key, value, f"--set {text}")
+    cfg = config_from_dict(raw, str(path))
+    for run in expand_sweep(cfg, str(path)):  # check every sweep point up front
+        pass
+    return cfg
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config (all defaults filled in, no sweep section) as YAML."""
+    data = to_dict(cfg)
+    data.pop("sweep", None)
+    Path(path).write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
+
+
+# ----------------------------------------------------------------------------- sweeps
+
+
+def _format_value(v) -> str:
+    text = f"{v:g}" if isinstance(v, float) else str(v)
+    return "".join(c if c.isalnum() or c in "-_.+" else "-" for c in text)
+
+
+def expand_sweep(cfg: Config, where: str) -> list[tuple[str, Config]]:
+    """[(run name, config)]: one entry named '' without a sweep, else one per sweep point.
+
+    Points are the params/values tuples (zipped) crossed with the grid's cartesian product. Each
+    run's output_dir is ``<output_dir>/<key>=<value>,...`` naming only what the point changed.
+    """
+    sw = cfg.sweep
+    if len(sw.params) != 0 or len(sw.values) != 0:
+        _check(len(sw.params) > 0 and len(sw.values) > 0, where, "sweep.values",
+               "sweep.params and sweep.values must be given together")
+        for i, tup in enumerate(sw.values):
+            _check(len(tup) == len(sw.params), where, f"sweep.values[{i}]",
+                   f"has {len(tup)} values for {len(sw.params)} params")
+    tuples = [list(zip(sw.params, tup)) for tup in sw.values] or [[]]
+    grid = [list(zip(sw.grid, combo)) for combo in itertools.product(*sw.grid.values())]
+    points = [t + g for t in tuples for g in grid]
+    if points == [[]]:
+        return [("", cfg)]
+    base = to_dict(cfg)
+    base.pop("sweep")
+    runs = []
+    for point in points:
+        raw = copy.deepcopy(base)
+        for key, value in point:
+            _set_dotted(raw, key, value, f"{where}: sweep")
+        name = ",".join(f"{k}={_format_value(v)}" for k, v in point)
+        run = config_from_dict(raw, f"{where} (sweep point {name})")
+        run.output_dir = str(Path(cfg.output_dir) / name)
+        runs.append((name, run))
+    names = [n for n, _ in runs]
+    _check(len(set(names)) == len(names), where, "sweep", "two sweep points have the same name")
+    return runs
+
+
+# ----------------------------------------------------------------------------- docs
+
+
+def field_doc(cls, name: str) -> str:
+    """The docstring written under field ``name`` of dataclass ``cls``."""
+    return _field_docs(cls).get(name, "")
+
+
+def _field_docs(cls) -> dict[str, str]:
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body
+    docs = {}
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[node.target.id] = " ".join(str(nxt.value.value).split())
+    return docs
+
+
+def describe(cls=Config, prefix: str = "") -> str:
+    """Every config key with its default and docstring, for --help-config."""
+    lines, docs = [], _field_docs(cls)
+    for f in dataclasses.fields(cls):
+        tp = typing.get_type_hints(cls)[f.name]
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(tp):
+            lines += [f"{key}:  {docs.get(f.name, '')}", describe(tp, key + ".")]
+            continue
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        lines.append(f"  {key} = {default!r}\n      {docs.get(f.name, '')}")
+    return "\n".join(lines)

@@ -1,0 +1,205 @@
+"""Training data: JSONL records, chat-template tokenization, completion-only labels, batching.
+
+On disk (written by data generation, or by hand): one directory per feedback with one JSON Lines
+file per scope and split::
+
+    in_scope_train.jsonl      {"id", "prompt", "baseline", "revised", ...}
+    near_scope_train.jsonl    {"id", "prompt", "baseline", ["revised"], ...}
+    out_of_scope_train.jsonl  {"id", "prompt", "baseline", ["revised"], ...}
+    *_test.jsonl              the same, held out for evaluation
+
+``baseline`` is the model's own response, ``revised`` the teacher's response applying the feedback.
+Extra fields are kept and ignored. The files load with
+``datasets.load_dataset("json", data_files=...)``; this module reads them line by line instead so
+that a bad row is reported with its file and line before any work starts.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from rlvf.errors import UserError
+
+SCOPES = ("in_scope", "near_scope", "out_of_scope")
+IGNORE_INDEX = -100
+
+
+def scope_file(data_dir: str | Path, scope: str, split: str = "train") -> Path:
+    return Path(data_dir) / f"{scope}_{split}.jsonl"
+
+
+def read_rows(path: str | Path, required: tuple[str, ...]) -> list[dict]:
+    """Rows of a JSONL file; each must have non-empty string ``id``-able and ``required`` fields.
+
+    Raises UserError('<file>:<line>: ...') for a missing file, bad UTF-8/JSON, a non-object row,
+    a missing field, a non-string or empty text, a duplicate id, or an empty file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: data file not found")
+    rows, seen = [], set()
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise UserError(f"{where}: not valid UTF-8") from None
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise UserError(f"{where}: not valid JSON ({err.msg})") from None
+            if not isinstance(row, dict):
+                raise UserError(f"{where}: expected a JSON object, got {type(row).__name__}")
+            for key in ("prompt", *required):
+                if key not in row:
+                    raise UserError(f"{where}: missing field '{key}'")
+                if not isinstance(row[key], str):
+                    raise UserError(f"{where}: field '{key}' must be a string, got {type(row[key]).__name__}")
+                if not row[key].strip():
+                    raise UserError(f"{where}: field '{key}' is empty")
+            row_id = str(row.get("id", lineno))
+            if row_id in seen:
+                raise UserError(f"{where}: duplicate id {row_id!r}")
+            seen.add(row_id)
+            rows.append({**row, "id": row_id})
+    if not rows:
+        raise UserError(f"{path}: no rows")
+    return rows
+
+
+# ----------------------------------------------------------------------------- tokenization
+
+
+def check_chat_template(tokenizer, where: str) -> None:
+    if not getattr(tokenizer, "chat_template", None):
+        raise UserError(f"{where}: the tokenizer has no chat template (tokenizer_config.json / chat_template.jinja)")
+
+
+@dataclass
+class Encoded:
+    """One tokenized (prompt, completion): labels are -100 on the prompt, token ids on the completion."""
+
+    input_ids: list[int]
+    labels: list[int]
+
+    @property
+    def n_completion(self) -> int:
+        return sum(1 for t in self.labels if t != IGNORE_INDEX)
+
+
+def _render(tokenizer, prompt: str, completion: str | None) -> list[int]:
+    messages = [{"role": "user", "content": prompt}]
+    if completion is not None:
+        messages.append({"role": "assistant", "content": completion})
+    text = tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=completion is None
+    )
+    # The rendered text already holds the template's BOS: adding special tokens again doubles it.
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def tokenize_conversation(tokenizer, prompt: str, completion: str) -> tuple[list[int], list[int]]:
+    """(prompt_ids, completion_ids) split at the end of the generation prompt.
+
+    The prompt is rendered with ``add_generation_prompt=True`` and the full conversation without;
+    the completion is what follows their longest common token prefix (normally the whole prompt),
+    so the labels are right for any template without model-specific strings.
+    """
+    prompt_ids = _render(tokenizer, prompt, None)
+    full_ids = _render(tokenizer, prompt, completion)
+    n = 0
+    for a, b in zip(prompt_ids, full_ids):
+        if a != b:
+            break
+        n += 1
+    return full_ids[:n], full_ids[n:]
+
+
+def truncate(prompt_ids: list[int], completion_ids: list[int], max_length: int, max_prompt_length: int,
+             longest_completion: int | None = None) -> tuple[list[int], list[int]]:
+    """Fit prompt + completion into ``max_length``, cutting the prompt first.
+
+    If too long, the prompt keeps its last ``max_prompt_length`` tokens (the end holds the
+    generation prompt); if still too long, the completion keeps its first tokens. For a pair,
+    ``longest_completion`` makes the prompt cut the same for chosen and rejected.
+    """
+    longest = max(len(completion_ids), longest_completion or 0)
+    if len(prompt_ids) + longest > max_length and len(prompt_ids) > max_prompt_length:
+        prompt_ids = prompt_ids[len(prompt_ids) - max_prompt_length:]
+    return prompt_ids, completion_ids[: max(0, max_length - len(prompt_ids))]
+
+
+def encode(prompt_ids: list[int], completion_ids: list[int]) -> Encoded | None:
+    """None when the completion vanished (nothing to train on)."""
+    if not completion_ids:
+        return None
+    return Encoded(prompt_ids + completion_ids, [IGNORE_INDEX] * len(prompt_ids) + list(completion_ids))
+
+
+def encode_row(tokenizer, prompt: str, completion: str, max_length: int, max_prompt_length: int) -> Encoded | None:
+    p, c = tokenize_conversation(tokenizer, prompt, completion)
+    return encode(*truncate(p, c, max_length, max_prompt_length))
+
+
+def encode_pair(tokenizer, prompt: str, chosen: str, rejected: str, max_length: int,
+                max_prompt_length: int) -> tuple[Encoded, Encoded] | None:
+    """Chosen and rejected with one shared prompt truncation; None if either completion vanished."""
+    p, c = tokenize_conversation(tokenizer, prompt, chosen)
+    p2, r = tokenize_conversation(tokenizer, prompt, rejected)
+    longest = max(len(c), len(r))
+    ec = encode(*truncate(p, c, max_length, max_prompt_length, longest))
+    er = encode(*truncate(p2, r, max_length, max_prompt_length, longest))
+    return None if ec is None or er is None else (ec, er)
+
+
+def collate(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest item: input_ids, attention_mask, labels, each (B, T)."""
+    T = max(len(x.input_ids) for x in items)
+    input_ids = torch.full((len(items), T), pad_id, dtype=torch.long)
+    labels = torch.full((len(items), T), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(items), T), dtype=torch.long)
+    for i, x in enumerate(items):
+        n = len(x.input_ids)
+        input_ids[i, :n] = torch.tensor(x.input_ids)
+        labels[i, :n] = torch.tensor(x.labels)
+        attention_mask[i, :n] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def permutation(n: int, seed: int, stream: int, cycle: int) -> list[int]:
+    """A seeded permutation of range(n) that depends only on (seed, stream, cycle)."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + stream * 10_007 + cycle)
+    return torch.randperm(n, generator=g).tolist()
+
+
+def stream_indices(n: int, start: int, count: int, seed: int, stream: int) -> list[int]:
+    """Items start..start+count of an endless stream that walks a fresh permutation every cycle.
+
+    A pure function of its arguments, so a resumed run draws exactly the same items.
+    """
+    out, perm_cache = [], {}
+    for pos in range(start, start + count):
+        cycle = pos // n
+        if cycle not in perm_cache:
+            perm_cache[cycle] = permutation(n, seed, stream, cycle)
+        out.append(perm_cache[cycle][pos % n])
+    return out
+
+
+def split_validation(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train indices, validation indices): a seeded split, at least one row each when fraction > 0."""
+    if fraction <= 0 or n < 2:
+        return list(range(n)), []
+    perm = permutation(n, seed, stream=99, cycle=0)
+    k = min(n - 1, max(1, math.floor(n * fraction)))
+    return sorted(perm[k:]), sorted(perm[:k])

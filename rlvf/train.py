@@ -1,0 +1,417 @@
+"""``python -m rlvf.train --config configs/<file>.yaml`` — the training loop, written out.
+
+    L = L_DPO(in-scope pairs) + λ_out·L_c(out-of-scope rows) + λ_near·L_c(near-scope rows)   (paper eq. 5)
+
+Steps: validate the config and data (nothing is written before that), load the model, wrap it with
+LoRA, precompute the DPO reference log-probs once (adapters disabled, cached in the run directory),
+then AdamW over the adapter parameters with gradient accumulation, clipping, a warmup + cosine
+schedule, periodic validation and atomic checkpoints. The final adapter is saved in PEFT format
+under ``<output_dir>/adapter``. ``--resume`` continues exactly where a run stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from rlvf import checkpoint as ckpt
+from rlvf.batches import MicroBatch, Streams, build_streams, load_rows, micro_batch, n_micro_batches, split_rows
+from rlvf.config import Config, describe, expand_sweep, load_config, read_yaml, save_config, to_dict
+from rlvf.data import Encoded, collate
+from rlvf.errors import UserError, exit_on_user_error
+from rlvf.logprobs import SequenceLogps, backbone_hidden, logprobs_from_hidden, sequence_kl, sequence_logprobs
+from rlvf.lora import disable_adapters, inject_lora, load_adapter, save_adapter, trainable_parameters
+from rlvf.losses import c3po_loss, dpo_loss, kd_loss, reward_metrics, scd_loss, sft_loss
+from rlvf.metrics import MetricsWriter, check_reporter
+from rlvf.modeling import load_model, load_tokenizer, pick_device, pick_dtype
+
+# Keys whose change makes a checkpoint meaningless for the resumed run.
+_RESUME_FREE = {"train.stop_at_step", "train.progress", "train.report_to", "train.eval_every",
+                "train.save_every", "train.save_total_limit", "train.log_every", "train.device"}
+
+
+@dataclass
+class RefLogps:
+    """Reference-policy log-probs of every DPO pair, summed over completion tokens: (n_pairs,) each."""
+
+    chosen: torch.Tensor
+    rejected: torch.Tensor
+
+
+# ----------------------------------------------------------------------------- forward passes
+
+
+def _device_batch(items: list[Encoded], pad_id: int, device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in collate(items, pad_id).items()}
+
+
+def _logps(model, items: list[Encoded], pad_id: int, device, chunk: int) -> SequenceLogps:
+    b = _device_batch(items, pad_id, device)
+    return sequence_logprobs(model, b["input_ids"], b["attention_mask"], b["labels"], chunk_size=chunk)
+
+
+def _kd_terms(model, items: list[Encoded], cfg: Config, pad_id: int, device) -> tuple[SequenceLogps, torch.Tensor]:
+    """Policy log-probs and per-sequence KL(π_ref ‖ π) at temperature T for constraint rows."""
+    b = _device_batch(items, pad_id, device)
+    with torch.no_grad(), disable_adapters(model):
+        ref_hidden = backbone_hidden(model, b["input_ids"], b["attention_mask"])
+    hidden = backbone_hidden(model, b["input_ids"], b["attention_mask"])
+    chunk = cfg.train.logprob_chunk_size
+    lp = logprobs_from_hidden(model, hidden, b["labels"], chunk_size=chunk)
+    kl = sequence_kl(model, hidden, ref_hidden, b["labels"], cfg.method.kd_temperature, chunk_size=chunk)
+    return lp, kl.kl
+
+
+def _constraint(lp: SequenceLogps, kl: torch.Tensor | None, cfg: Config) -> torch.Tensor:
+    """L_c on near/out rows: SFT, or KD (1−κ)·SFT + κ·T²·KL; per token and squared as configured."""
+    m = cfg.method
+    kappa = m.kd_kappa if m.constraint == "kd" else 0.0
+    kl = torch.zeros_like(lp.logps) if kl is None else kl
+    return kd_loss(lp.logps, kl, lp.n_tokens, kappa, m.kd_temperature, per_token=m.kd_per_token, squared=m.kd_squared)
+
+
+def compute_loss(model, s: Streams, mb: MicroBatch, ref: RefLogps | None, cfg: Config, pad_id: int,
+                 device) -> tuple[torch.Tensor, dict[str, float], int]:
+    """The method's loss on one micro-batch: (loss, metrics, number of tokens processed)."""
+    m, chunk = cfg.method, cfg.train.logprob_chunk_size
+    pairs = [s.pairs[i] for i in mb.main] if s.pairs else []
+    rows = [s.rows[i] for i in mb.main] if s.rows else []
+    near, out = [s.near[i] for i in mb.near], [s.out[i] for i in mb.out]
+    kd = m.constraint == "kd"
+    # One concatenated forward for every sequence that needs only log-probs (as TRL's
+    # concatenated_forward does for chosen + rejected).
+    seqs = [c for c, _ in pairs] + [r for _, r in pairs] + rows + ([] if kd else near + out)
+    lp = _logps(model, seqs, pad_id, device, chunk)
+    n_tokens = sum(len(x.input_ids) for x in seqs)
+    B, R = len(pairs), len(rows)
+    parts, metrics = {}, {}
+    if pairs:
+        idx = torch.tensor(mb.main, device=device)
+        pc, pr, rc, rr = lp.logps[:B], lp.logps[B:2 * B], ref.chosen[idx].to(device), ref.rejected[idx].to(device)
+        if m.loss_type == "ipo":  # IPO compares length-normalised log-probs
+            nc, nr = lp.n_tokens[:B], lp.n_tokens[B:2 * B]
+            pc, pr, rc, rr = pc / nc, pr / nr, rc / nc, rr / nr
+        d = dpo_loss(pc, pr, rc, rr, beta=m.beta, loss_type=m.loss_type, label_smoothing=m.label_smoothing)
+        parts["dpo"] = d.losses.mean()
+        metrics.update(reward_metrics(d.chosen_rewards, d.rejected_rewards))
+        metrics["logps/chosen"] = pc.detach().mean().item()
+        metrics["logps/rejected"] = pr.detach().mean().item()
+    if rows:
+        rlp = SequenceLogps(lp.logps[2 * B:2 * B + R], lp.n_tokens[2 * B:2 * B + R])
+        parts["sft"] = sft_loss(rlp.logps, rlp.n_tokens, per_token=m.name == "sft")
+    if near or out:
+        if kd:
+            (nlp, nkl), (olp, okl) = (_kd_terms(model, x, cfg, pad_id, device) for x in (near, out))
+            n_tokens += sum(len(x.input_ids) for x in near + out)
+        else:
+            k = 2 * B + R
+            nlp = SequenceLogps(lp.logps[k:k + len(near)], lp.n_tokens[k:k + len(near)])
+            olp = SequenceLogps(lp.logps[k + len(near):], lp.n_tokens[k + len(near):])
+            nkl = okl = None
+        parts["near"] = _constraint(nlp, nkl, cfg)
+        parts["out"] = _constraint(olp, okl, cfg)
+    weights = {"lambda_out": m.lambda_out, "lambda_near": m.lambda_near}
+    if "dpo" in parts:
+        loss, _ = c3po_loss(parts["dpo"], parts.get("out"), parts.get("near"), **weights)
+    else:
+        loss, _ = scd_loss(parts["sft"], parts.get("out"), parts.get("near"), **weights)
+    metrics.update({f"loss/{k}": v.detach().item() for k, v in parts.items()})
+    return loss, metrics, n_tokens
+
+
+# ----------------------------------------------------------------------------- reference log-probs
+
+
+def _fingerprint(cfg: Config, s: Streams) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps([cfg.model.path, cfg.model.dtype, cfg.lora.init_from]).encode())
+    for c, r in s.pairs:
+        h.update(json.dumps([c.input_ids, c.labels, r.input_ids, r.labels]).encode())
+    return h.hexdigest()
+
+
+@torch.no_grad()
+def compute_reference(model, s: Streams, cfg: Config, pad_id: int, device, autocast) -> RefLogps:
+    """log π_ref(y|x) for every pair. π_ref is the policy at the start of training: the base model
+    (adapters disabled), or base + the ``lora.init_from`` adapter (dropout off) when continuing."""
+    was_training = model.training
+    model.eval()
+    ctx = contextlib.nullcontext() if cfg.lora.init_from else disable_adapters(model)
+    chosen, rejected, B = [], [], max(1, cfg.train.batch_size)
+    with ctx, autocast():
+        for k in range(0, len(s.pairs), B):
+            batch = s.pairs[k:k + B]
+            lp = _logps(model, [c for c, _ in batch] + [r for _, r in batch], pad_id, device,
+                        cfg.train.logprob_chunk_size).logps.float().cpu()
+            chosen.append(lp[:len(batch)])
+            rejected.append(lp[len(batch):])
+    model.train(was_training)
+    empty = torch.zeros(0)
+    return RefLogps(torch.cat(chosen) if chosen else empty, torch.cat(rejected) if rejected else empty)
+
+
+def cached_reference(path: Path, model, s: Streams, cfg: Config, pad_id, device, autocast) -> RefLogps:
+    """Load the reference log-probs from ``path`` if computed for the same model and tokens, else compute
+    and save them (atomically)."""
+    fp = _fingerprint(cfg, s)
+    if path.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            if (f.metadata() or {}).get("fingerprint") == fp:
+                t = load_file(str(path))
+                return RefLogps(t["chosen"], t["rejected"])
+    ref = compute_reference(model, s, cfg, pad_id, device, autocast)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({"chosen": ref.chosen.contiguous(), "rejected": ref.rejected.contiguous()}, str(tmp),
+              metadata={"fingerprint": fp})
+    tmp.replace(path)
+    return ref
+
+
+# ----------------------------------------------------------------------------- loop helpers
+
+
+def lr_lambda(total_steps: int, warmup_steps: int, kind: str):
+    """Multiplier of the peak lr at step t: linear warmup, then cosine / linear decay to 0 or constant."""
+
+    def f(t: int) -> float:
+        if t < warmup_steps:
+            return (t + 1) / (warmup_steps + 1)
+        progress = (t - warmup_steps) / max(1, total_steps - warmup_steps)
+        if kind == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        if kind == "linear":
+            return max(0.0, 1.0 - progress)
+        return 1.0
+
+    return f
+
+
+@torch.no_grad()
+def validate(model, s: Streams, ref: RefLogps | None, cfg: Config, pad_id, device, autocast) -> dict[str, float]:
+    """Mean loss and metrics over the whole validation split (dropout off), keys prefixed 'eval/'."""
+    was_training = model.training
+    model.eval()
+    sums, n = {}, 0
+    B = cfg.train.batch_size
+    for i in range(math.ceil(s.n_main / B)):
+        mb = micro_batch(s, i, B, cfg.train.seed, ordered=True)
+        with autocast():
+            loss, metrics, _ = compute_loss(model, s, mb, ref, cfg, pad_id, device)
+        for k, v in {"loss": loss.item(), **metrics}.items():
+            sums[k] = sums.get(k, 0.0) + v * len(mb.main)
+        n += len(mb.main)
+    model.train(was_training)
+    return {f"eval/{k}": v / n for k, v in sums.items()}
+
+
+def _diverged(step: int, what: str, run_dir: Path) -> UserError:
+    last = ckpt.latest_checkpoint(run_dir)
+    kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
+    return UserError(f"non-finite {what} at step {step}; stopped, {kept}. "
+                     "Lower train.lr or check the data (see metrics.jsonl).")
+
+
+def _check_resume_config(cfg: Config, run_dir: Path) -> None:
+    saved = read_yaml(run_dir / "config.yaml")
+    now = to_dict(cfg)
+    for section, values in now.items():
+        if section == "sweep" or not isinstance(values, dict):
+            if section != "sweep" and saved.get(section) != values:
+                raise UserError(f"{run_dir / 'config.yaml'}: {section} differs from the run being resumed")
+            continue
+        for key, value in values.items():
+            dotted = f"{section}.{key}"
+            old = saved.get(section, {}).get(key)
+            if dotted not in _RESUME_FREE and old != value:
+                raise UserError(f"{run_dir / 'config.yaml'}: {dotted} was {old!r}, now {value!r}; "
+                                "a run can only be resumed with the same settings")
+
+
+def _truncate_metrics(run_dir: Path, step: int) -> None:
+    """Drop metrics logged after the checkpoint being resumed (they will be logged again)."""
+    path = run_dir / "metrics.jsonl"
+    if path.is_file():
+        keep = [l for l in path.read_text(encoding="utf-8").splitlines() if l.strip() and json.loads(l)["step"] <= step]
+        ckpt.write_text_atomic(path, "".join(l + "\n" for l in keep))
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def prepare(cfg: Config, resume: bool):
+    """Everything that can fail because of the user, before anything is written."""
+    run_dir = Path(cfg.output_dir)
+    if not resume and run_dir.exists() and any(run_dir.iterdir()):
+        raise UserError(f"output_dir: {run_dir} already holds a run; pass --resume to continue it "
+                        "or choose another output_dir")
+    if resume and (run_dir / "config.yaml").is_file():
+        _check_resume_config(cfg, run_dir)
+    if cfg.method.constraint == "kd" and cfg.lora.init_from:
+        raise UserError("method.constraint: 'kd' with lora.init_from is not supported "
+                        "(its reference would be the base model, not the adapter being continued)")
+    check_reporter(cfg.train.report_to)
+    device = pick_device(cfg.train.device)
+    tokenizer = load_tokenizer(cfg.model.path)
+    rows = load_rows(cfg)
+    train_rows, val_rows = split_rows(rows, cfg.data.val_fraction, cfg.train.seed)
+    train_s, dropped = build_streams(cfg, train_rows, tokenizer)
+    val_s, val_dropped = build_streams(cfg, val_rows, tokenizer) if cfg.data.val_fraction > 0 else (Streams(), 0)
+    if train_s.n_main == 0:
+        raise UserError(f"data.dirs: no trainable in-scope rows left for method {cfg.method.name} "
+                        f"({dropped} dropped by data.max_length={cfg.data.max_length})")
+    if cfg.method.name in ("c3po", "scd_neg") and not (train_s.near and train_s.out):
+        raise UserError("data.dirs: method needs near-scope and out-of-scope rows, but none are left after truncation")
+    return run_dir, device, tokenizer, train_s, val_s, dropped + val_dropped
+
+
+def train(cfg: Config, resume: bool = False) -> Path:
+    """Run one training job; returns the final adapter directory."""
+    run_dir, device, tokenizer, train_s, val_s, dropped = prepare(cfg, resume)
+    dtype = pick_dtype(cfg.model.dtype, device)
+    model = load_model(cfg.model.path, dtype, device, cfg.model.attn_implementation)
+    t = cfg.train
+    if cfg.lora.init_from:
+        wrapped = load_adapter(model, cfg.lora.init_from, dropout=cfg.lora.dropout, trainable=True)
+    else:
+        wrapped = inject_lora(model, cfg.lora.target_modules, cfg.lora.exclude_modules, r=cfg.lora.r,
+                              alpha=cfg.lora.alpha, dropout=cfg.lora.dropout, use_rslora=cfg.lora.use_rslora,
+                              seed=t.seed)
+    model.to(device)
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    use_amp = device.type == "cuda" and dtype != torch.float32
+
+    def autocast():
+        return torch.autocast("cuda", dtype=dtype) if use_amp else contextlib.nullcontext()
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not (run_dir / "config.yaml").is_file():
+        save_config(cfg, run_dir / "config.yaml")
+    pad_id = tokenizer.pad_token_id
+    ref = val_ref = None
+    if train_s.pairs:
+        ref = cached_reference(run_dir / "ref_logps.safetensors", model, train_s, cfg, pad_id, device, autocast)
+    if val_s.pairs:
+        val_ref = cached_reference(run_dir / "ref_logps_val.safetensors", model, val_s, cfg, pad_id, device, autocast)
+
+    params = trainable_parameters(model)
+    optimizer = torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.adam_betas), weight_decay=t.weight_decay)
+    micro_total = n_micro_batches(train_s.n_main, t.batch_size, t.epochs)
+    total_steps = t.max_steps or math.ceil(micro_total / t.grad_accum)
+    warmup = math.ceil(t.warmup_ratio * total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, warmup, t.scheduler))
+    step = 0
+    torch.manual_seed(t.seed)  # dropout stream; restored from the checkpoint on resume
+    last = ckpt.latest_checkpoint(run_dir) if resume else None
+    if last is not None:
+        step = ckpt.load_checkpoint(last, model, optimizer, scheduler)["step"]
+        _truncate_metrics(run_dir, step)
+        print(f"resuming {run_dir} from {last.name} (step {step}/{total_steps})", file=sys.stderr)
+    elif resume:
+        print(f"resume: no checkpoint in {run_dir}, starting from scratch", file=sys.stderr)
+
+    n_base = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in params)
+    print(f"{cfg.method.name}: {len(wrapped)} LoRA modules, {sum(p.numel() for p in params):,} trainable / "
+          f"{n_base:,} frozen parameters; {train_s.n_main} train items ({len(train_s.near)} near, "
+          f"{len(train_s.out)} out), {val_s.n_main} validation; {dropped} rows dropped by truncation; "
+          f"{total_steps} optimizer steps on {device}", file=sys.stderr)
+    writer = MetricsWriter(run_dir, t.report_to, run_name=run_dir.name, config=to_dict(cfg))
+    bar = _progress(t.progress, total_steps, step)
+    row: dict = {}
+    try:
+        model.train()
+        while step < total_steps:
+            t0, sums, tokens = time.perf_counter(), {}, 0
+            for a in range(t.grad_accum):
+                mb = micro_batch(train_s, step * t.grad_accum + a, t.batch_size, t.seed)
+                with autocast():
+                    loss, metrics, n = compute_loss(model, train_s, mb, ref, cfg, pad_id, device)
+                if not torch.isfinite(loss):
+                    raise _diverged(step + 1, "loss", run_dir)
+                (loss / t.grad_accum).backward()
+                tokens += n
+                for k, v in {"loss": loss.item(), **metrics}.items():
+                    sums[k] = sums.get(k, 0.0) + v / t.grad_accum
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
+            if not torch.isfinite(grad_norm):
+                raise _diverged(step + 1, "gradient norm", run_dir)
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            dt = time.perf_counter() - t0
+            row = {**sums, "lr": lr, "grad_norm": grad_norm.item(), "tokens_per_s": tokens / dt,
+                   "epoch": step * t.grad_accum * t.batch_size / train_s.n_main}
+            if step % t.log_every == 0 or step == total_steps:
+                writer.write(step, row)
+            if val_s.n_main and ((t.eval_every and step % t.eval_every == 0) or step == total_steps):
+                writer.write(step, validate(model, val_s, val_ref, cfg, pad_id, device, autocast))
+            bar.update(1)
+            bar.set_postfix(_postfix(row), refresh=False)
+            stopping = t.stop_at_step and step == t.stop_at_step and step < total_steps
+            if (t.save_every and step % t.save_every == 0) or stopping or step == total_steps:
+                ckpt.save_checkpoint(run_dir, step, model, optimizer, scheduler,
+                                     {"step": step, "micro_batch": step * t.grad_accum, "total_steps": total_steps,
+                                      "metrics": row}, cfg.model.path, t.save_total_limit)
+            if stopping:
+                print(f"stopped after step {step} (train.stop_at_step); continue with --resume", file=sys.stderr)
+                return run_dir / "checkpoints"
+    finally:
+        bar.close()
+        writer.close()
+    out = save_adapter(model, run_dir / "adapter", base_model_name_or_path=cfg.model.path)
+    (run_dir / "train_summary.json").write_text(json.dumps(
+        {"steps": step, "dropped_rows": dropped, "train_items": train_s.n_main, "final": row}, indent=2) + "\n")
+    print(f"saved adapter to {out}", file=sys.stderr)
+    return out
+
+
+def _progress(enabled: bool, total: int, initial: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, desc="train", dynamic_ncols=True)
+
+
+def _postfix(row: dict) -> dict:
+    keys = {"loss": "loss", "rewards/margins": "margin", "lr": "lr", "tokens_per_s": "tok/s"}
+    return {short: f"{row[k]:.3g}" for k, short in keys.items() if k in row}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m rlvf.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="experiment YAML (see configs/)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set train.lr=1e-4 (repeatable)")
+    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output_dir")
+    parser.add_argument("--help-config", action="store_true", help="list every config key with its default")
+    args = parser.parse_args(argv)
+    if args.help_config:
+        print(describe())
+        return
+    if not args.config:
+        parser.error("--config is required")
+    with exit_on_user_error():
+        cfg = load_config(args.config, args.overrides)
+        runs = expand_sweep(cfg, args.config)
+        for name, run_cfg in runs:
+            if name:
+                print(f"sweep point {name} -> {run_cfg.output_dir}", file=sys.stderr)
+            train(run_cfg, resume=args.resume)
+
+
+if __name__ == "__main__":
+    main()
