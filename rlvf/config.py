@@ -310,8 +310,8 @@ def validate(cfg: Config, where: str) -> Config:
     _check(0 <= lo.dropout < 1, where, "lora.dropout", f"must be in [0, 1), got {lo.dropout}")
     _check(len(d.dirs) > 0, where, "data.dirs", "needs at least one data directory")
     _check(d.max_length > 0, where, "data.max_length", f"must be positive, got {d.max_length}")
-    _check(0 < d.max_prompt_length < d.max_length, where, "data.max_prompt_length",
-           f"must be in [1, data.max_length={d.max_length}), got {d.max_prompt_length}")
+    _check(0 < d.max_prompt_length <= d.max_length, where, "data.max_prompt_length",
+           f"must be in [1, data.max_length={d.max_length}], got {d.max_prompt_length}")
     _check(0 <= d.val_fraction < 1, where, "data.val_fraction", f"must be in [0, 1), got {d.val_fraction}")
     _check(m.beta > 0, where, "method.beta", f"must be positive, got {m.beta}")
     _check(0 <= m.label_smoothing < 0.5, where, "method.label_smoothing", "must be in [0, 0.5)")

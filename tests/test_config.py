@@ -46,7 +46,7 @@ BAD = [
     (with_("method", name="ppo"), [], "method.name: expected one of 'c3po', 'dpo'"),
     (with_("lora", r=0), [], "lora.r: must be positive"),
     (with_("lora", dropout=1.5), [], "lora.dropout: must be in [0, 1)"),
-    (with_("data", max_prompt_length=4096), [], "data.max_prompt_length: must be in [1, data.max_length=2048)"),
+    (with_("data", max_prompt_length=4096), [], "data.max_prompt_length: must be in [1, data.max_length=2048]"),
     (with_("method", name="scd", constraint="kd"), [], "method.constraint: 'kd' needs the reference model"),
     (with_("method", name="c3po", negatives_near_ratio=0.5), [], "method.negatives_near_ratio: negatives turn"),
     (with_("method", loss_type="ipo", label_smoothing=0.1), [], "method.label_smoothing: only applies"),

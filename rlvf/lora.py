@@ -1,0 +1,695 @@
+"""LoRA by hand: adapters on ``nn.Linear`` layers, saved and loaded in PEFT's on-disk format.
+
+LoRA (Hu et al., 2021, eq. 3) freezes a pretrained weight W (out, in) and learns a low-rank update:
+
+    h = W x + b + s · B A x        A: (r, in), B: (out, r), s = α / r
+
+rsLoRA (Kalajdzievski, 2023) uses s = α / √r instead, so the update keeps its size as r grows.
+A is initialised like ``nn.Linear`` (kaiming_uniform_, a=√5) and B with zeros, so a fresh adapter
+computes exactly the base model. ``LoRALinear`` keeps the base layer's own ``weight``/``bias``
+parameters, so a wrapped model's state_dict keeps Hugging Face key names (``...q_proj.weight``) and
+the adapter adds ``...q_proj.lora_A.weight`` / ``...q_proj.lora_B.weight`` beside them.
+
+With the adapters switched off (``disable_adapters``) the model computes the base model bit for
+bit; DPO uses that as its reference policy, without a second copy of the weights.
+
+The folder format is PEFT's (peft 0.21, ``PeftModel.save_pretrained``), which vLLM serves with
+``--enable-lora``: ``adapter_config.json`` and ``adapter_model.safetensors`` (metadata
+{"format": "pt"}) with keys ``base_model.model.<module path>.lora_A.weight`` (r, in) and
+``.lora_B.weight`` (out, r). peft itself is never imported here; the tests use it as an oracle.
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from rlvf.errors import UserError
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+PEFT_PREFIX = "base_model.model."  # PEFT's prefix on every saved key; without it PEFT loads nothing
+# <module path>.lora_A.weight; PEFT's in-memory adapter name (...lora_A.default.weight) is tolerated
+_KEY_RE = re.compile(r"(?P<module>.+)\.(?P<part>lora_A|lora_B)(?:\.default)?\.weight")
+
+TargetSpec = str | Sequence[str] | None  # "all-linear", a regex (re.fullmatch), or name suffixes
+
+
+# ----------------------------------------------------------------------------------------------
+# The layer
+
+
+class LoRALinear(nn.Module):
+    """``nn.Linear`` plus a low-rank update: ``y = x Wᵀ + b + s · dropout(x) Aᵀ Bᵀ``.
+
+    The base ``weight`` (out, in) and ``bias`` (out,) are the wrapped layer's own Parameters,
+    frozen. ``lora_A`` (r, in) and ``lora_B`` (out, r) are float32 whatever the base dtype: the
+    adapter path runs in fp32 (autocast off) and is cast to the base output's dtype, so a bf16
+    base with fp32 adapters trains without the update drowning in bf16 rounding.
+    """
+
+    def __init__(
+        self,
+        base: nn.Linear,
+        r: int,
+        alpha: float,
+        dropout: float = 0.0,
+        use_rslora: bool = False,
+        *,
+        generator: torch.Generator | None = None,
+    ):
+        super().__init__()
+        if r < 1:
+            raise ValueError(f"LoRA rank must be >= 1, got {r}")
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.weight = base.weight  # (out, in), same Parameter object as the base layer's
+        self.register_parameter("bias", base.bias)  # (out,) or None
+        self.weight.requires_grad_(False)
+        if self.bias is not None:
+            self.bias.requires_grad_(False)
+        # Built on "meta" (no memory, no RNG draw), given storage, then initialised once below.
+        fp32_meta = dict(bias=False, device="meta", dtype=torch.float32)
+        self.lora_A = nn.Linear(self.in_features, r, **fp32_meta)
+        self.lora_B = nn.Linear(r, self.out_features, **fp32_meta)
+        self.lora_A.to_empty(device=base.weight.device)
+        self.lora_B.to_empty(device=base.weight.device)
+        self.r, self.alpha, self.use_rslora = r, alpha, use_rslora
+        self.scaling = alpha / math.sqrt(r) if use_rslora else alpha / r
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.merged = False  # True: weight holds W + s·B·A and the adapter path is skipped
+        self.disabled = False  # True: compute the base layer only
+        self.reset_lora_parameters(generator)
+        self.train(base.training)  # injected into an eval() model, dropout stays off
+
+    @torch.no_grad()
+    def reset_lora_parameters(self, generator: torch.Generator | None = None) -> None:
+        """A ~ kaiming_uniform_(a=√5) like ``nn.Linear``, B = 0, so the update starts at zero.
+
+        A is drawn on the CPU (from ``generator`` if given, else the global RNG), so a seed gives
+        the same adapter on every device.
+        """
+        a = torch.empty(self.lora_A.weight.shape, dtype=torch.float32)  # (r, in)
+        nn.init.kaiming_uniform_(a, a=math.sqrt(5), generator=generator)
+        self.lora_A.weight.copy_(a)
+        nn.init.zeros_(self.lora_B.weight)  # (out, r)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (..., in) -> (..., out)."""
+        y = F.linear(x, self.weight, self.bias)  # (..., out), exactly nn.Linear
+        if self.disabled or self.merged:
+            return y
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            h = self.lora_A(self.dropout(x.float()))  # (..., r) fp32
+            delta = self.lora_B(h) * self.scaling  # (..., out) fp32
+        return y + delta.to(y.dtype)
+
+    def delta_weight(self) -> torch.Tensor:
+        """ΔW = s · B A, (out, in) float32."""
+        return (self.lora_B.weight @ self.lora_A.weight) * self.scaling  # (out, r) @ (r, in)
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """W ← W + ΔW (added in fp32, cast to W's dtype); the adapter path is then skipped."""
+        if self.merged:
+            raise RuntimeError("LoRALinear.merge: already merged")
+        if self.disabled:
+            raise RuntimeError("LoRALinear.merge: adapter is disabled; merging it would enable it")
+        self.weight.copy_((self.weight.float() + self.delta_weight()).to(self.weight.dtype))
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """W ← W − ΔW. Exact up to rounding: ~1e-7 in fp32, up to one ulp per element in bf16."""
+        if not self.merged:
+            raise RuntimeError("LoRALinear.unmerge: not merged")
+        self.weight.copy_((self.weight.float() - self.delta_weight()).to(self.weight.dtype))
+        self.merged = False
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}, r={self.r}, alpha={self.alpha}, "
+            f"scaling={self.scaling:.4g}, use_rslora={self.use_rslora}, merged={self.merged}"
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# Putting adapters into a model
+
+
+def _matches(path: str, spec: TargetSpec) -> bool:
+    """PEFT's target/exclude semantics: a string is a regex on the full path (re.fullmatch); a
+    list matches a path equal to an entry or ending in "." + entry."""
+    if not spec:
+        return False
+    if isinstance(spec, str):
+        return re.fullmatch(spec, path) is not None
+    return any(path == key or path.endswith("." + key) for key in spec)
+
+
+def _output_embedding(model: nn.Module) -> nn.Module | None:
+    get = getattr(model, "get_output_embeddings", None)
+    return get() if callable(get) else None
+
+
+def select_linear_modules(
+    model: nn.Module, target_modules: TargetSpec, exclude_modules: TargetSpec = ()
+) -> list[str]:
+    """Sorted full paths of the ``nn.Linear`` modules that ``target_modules`` selects.
+
+    "all-linear" selects every ``nn.Linear`` but the output embedding, as PEFT does; exclusions win.
+    """
+    for name, spec in (("target_modules", target_modules), ("exclude_modules", exclude_modules)):
+        if isinstance(spec, str) and spec != "all-linear":
+            try:
+                re.compile(spec)
+            except re.error as err:
+                raise UserError(f"lora.{name}: {spec!r} is not a valid regex ({err})") from None
+    output_embedding = _output_embedding(model)
+    selected = []
+    for path, module in model.named_modules():
+        if not isinstance(module, nn.Linear):
+            continue
+        if target_modules == "all-linear":
+            hit = module is not output_embedding
+        else:
+            hit = _matches(path, target_modules)
+        if hit and not _matches(path, exclude_modules):
+            selected.append(path)
+    return sorted(selected)
+
+
+def _replace(model: nn.Module, path: str, new: nn.Module) -> None:
+    parent_path, _, name = path.rpartition(".")
+    setattr(model.get_submodule(parent_path), name, new)
+
+
+def _freeze_base(model: nn.Module, lora_trainable: bool) -> None:
+    """Freeze every parameter, then let the LoRA A/B matrices train if ``lora_trainable``."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for module in lora_modules(model).values():
+        module.lora_A.weight.requires_grad_(lora_trainable)
+        module.lora_B.weight.requires_grad_(lora_trainable)
+
+
+def _refuse_second_adapter(model: nn.Module, what: str) -> None:
+    if lora_modules(model):
+        raise UserError(
+            f"{what}: {type(model).__name__} already has LoRA adapters; rlvf holds one adapter at "
+            f"a time (combine adapters offline with mix_adapters, or start from a fresh model)"
+        )
+
+
+def inject_lora(
+    model: nn.Module,
+    target_modules: TargetSpec = "all-linear",
+    exclude_modules: TargetSpec = ("lm_head",),
+    r: int = 64,
+    alpha: float = 128,
+    dropout: float = 0.05,
+    use_rslora: bool = False,
+    seed: int | None = None,
+) -> list[str]:
+    """Wrap the selected ``nn.Linear`` modules of ``model`` in place; return their sorted paths.
+
+    All base parameters are frozen; only the new lora_A/lora_B weights train. With ``seed`` the
+    A matrices come from a ``torch.Generator`` seeded with it (in sorted path order), independent
+    of the global RNG.
+    """
+    _refuse_second_adapter(model, "inject_lora")
+    if not isinstance(r, int) or r < 1:
+        raise UserError(f"lora.r must be a positive integer, got {r!r}")
+    if not 0 <= dropout < 1:
+        raise UserError(f"lora.dropout must be in [0, 1), got {dropout!r}")
+    paths = select_linear_modules(model, target_modules, exclude_modules)
+    if not paths:
+        raise UserError(
+            f"lora.target_modules: {target_modules!r} (minus exclude_modules {exclude_modules!r}) "
+            f"matched no nn.Linear module in {type(model).__name__}"
+        )
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    for path in paths:
+        base = model.get_submodule(path)
+        _replace(model, path, LoRALinear(base, r, alpha, dropout, use_rslora, generator=generator))
+    _freeze_base(model, lora_trainable=True)
+    return paths
+
+
+def lora_modules(model: nn.Module) -> dict[str, LoRALinear]:
+    """Full module path -> ``LoRALinear``, in ``named_modules`` order."""
+    return {path: m for path, m in model.named_modules() if isinstance(m, LoRALinear)}
+
+
+def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``<path>.lora_A.weight`` (r, in) and ``<path>.lora_B.weight`` (out, r); no prefix."""
+    state = {}
+    for path, module in lora_modules(model).items():
+        state[f"{path}.lora_A.weight"] = module.lora_A.weight.detach()
+        state[f"{path}.lora_B.weight"] = module.lora_B.weight.detach()
+    return state
+
+
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters that require grad (after ``inject_lora``: the LoRA A/B weights)."""
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+@contextlib.contextmanager
+def disable_adapters(model: nn.Module) -> Iterator[nn.Module]:
+    """Inside the block the model computes its base model exactly (the DPO reference policy).
+
+    Each adapter's previous ``disabled`` flag is restored on exit, also on an exception.
+    """
+    modules = list(lora_modules(model).values())
+    if any(m.merged for m in modules):
+        raise RuntimeError("disable_adapters: adapters are merged into the weights; unmerge first")
+    previous = [m.disabled for m in modules]
+    for m in modules:
+        m.disabled = True
+    try:
+        yield model
+    finally:
+        for m, was_disabled in zip(modules, previous):
+            m.disabled = was_disabled
+
+
+def merge_adapters(model: nn.Module) -> None:
+    """W ← W + s·B·A in every ``LoRALinear`` (for fast inference; see ``LoRALinear.merge``)."""
+    for module in lora_modules(model).values():
+        module.merge()
+
+
+def unmerge_adapters(model: nn.Module) -> None:
+    """Undo ``merge_adapters``."""
+    for module in lora_modules(model).values():
+        module.unmerge()
+
+
+# ----------------------------------------------------------------------------------------------
+# PEFT folder format
+
+
+def _peft_config(
+    *,
+    r: int,
+    alpha: float,
+    dropout: float,
+    target_modules: list[str],
+    use_rslora: bool,
+    base_model: str | None,
+    rank_pattern: dict[str, int] | None = None,
+    alpha_pattern: dict[str, float] | None = None,
+    task_type: str = "CAUSAL_LM",
+) -> dict:
+    """The adapter_config.json fields that PEFT 0.21 and vLLM read (PEFT defaults elsewhere)."""
+    return {
+        "peft_type": "LORA",
+        "task_type": task_type,
+        "base_model_name_or_path": base_model,
+        "revision": None,
+        "r": r,
+        "lora_alpha": alpha,
+        "lora_dropout": dropout,
+        "use_rslora": use_rslora,
+        "target_modules": target_modules,
+        "exclude_modules": None,
+        "rank_pattern": rank_pattern or {},
+        "alpha_pattern": alpha_pattern or {},
+        "bias": "none",
+        "lora_bias": False,
+        "use_dora": False,
+        "fan_in_fan_out": False,
+        "modules_to_save": None,
+        "layers_to_transform": None,
+        "layers_pattern": None,
+        "init_lora_weights": True,
+        "inference_mode": True,
+    }
+
+
+def _target_modules_field(model: nn.Module, paths: list[str]) -> list[str]:
+    """Short names (["o_proj", "q_proj"]) if they select exactly ``paths``, else the full paths.
+
+    PEFT and vLLM match list entries as name suffixes, so short names are only safe when every
+    linear module with such a last name (output embedding aside) is wrapped.
+    """
+    short = sorted({p.rpartition(".")[2] for p in paths})
+    output_embedding = _output_embedding(model)
+    same_named = {
+        path
+        for path, m in model.named_modules()
+        if isinstance(m, (nn.Linear, LoRALinear))
+        and m is not output_embedding
+        and path.rpartition(".")[2] in short
+    }
+    return short if same_named == set(paths) else sorted(paths)
+
+
+def _most_common(values: list):
+    return collections.Counter(values).most_common(1)[0][0]
+
+
+def save_adapter(
+    model: nn.Module, out_dir: str | Path, base_model_name_or_path: str | None = None
+) -> Path:
+    """Write the model's adapters as a PEFT LoRA folder (loadable by PEFT and vLLM); return it.
+
+    ``base_model_name_or_path`` defaults to ``model.name_or_path``. r and lora_alpha are the most
+    common values; modules that differ go to rank_pattern/alpha_pattern under their full paths.
+    The folder is written beside ``out_dir`` and renamed into place when complete.
+    """
+    modules = lora_modules(model)
+    if not modules:
+        raise ValueError(f"save_adapter: {type(model).__name__} has no LoRA modules")
+    if len({m.use_rslora for m in modules.values()}) > 1:
+        raise ValueError("save_adapter: modules mix rsLoRA and plain scaling; PEFT can't say so")
+    paths = sorted(modules)
+    r = _most_common([modules[p].r for p in paths])
+    alpha = _most_common([modules[p].alpha for p in paths])
+    first = modules[paths[0]]
+    config = _peft_config(
+        r=r,
+        alpha=alpha,
+        dropout=first.dropout.p if isinstance(first.dropout, nn.Dropout) else 0.0,
+        target_modules=_target_modules_field(model, paths),
+        use_rslora=first.use_rslora,
+        base_model=base_model_name_or_path or getattr(model, "name_or_path", None) or None,
+        rank_pattern={p: modules[p].r for p in paths if modules[p].r != r},
+        alpha_pattern={p: modules[p].alpha for p in paths if modules[p].alpha != alpha},
+    )
+    tensors = {  # fp32, contiguous, on the CPU
+        PEFT_PREFIX + key: t.to("cpu", torch.float32).contiguous()
+        for key, t in lora_state_dict(model).items()
+    }
+    return _write_adapter(out_dir, config, tensors)
+
+
+def _write_adapter(out_dir: str | Path, config: dict, tensors: dict[str, torch.Tensor]) -> Path:
+    def write(tmp: Path) -> None:
+        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        save_file(tensors, tmp / WEIGHTS_NAME, metadata={"format": "pt"})
+
+    return _write_dir_atomically(out_dir, write)
+
+
+def _write_dir_atomically(out_dir: str | Path, write: Callable[[Path], None]) -> Path:
+    """Run ``write(tmp)`` on a fresh temp dir beside ``out_dir``, then rename it to ``out_dir``.
+
+    An existing ``out_dir`` is replaced only after the new folder is complete, so a crash leaves
+    either the old folder or the new one, never half of one.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; a served adapter must be readable by others
+        write(tmp)
+        if not out.exists():
+            tmp.rename(out)
+            return out
+        old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+        out.rename(old)
+        try:
+            tmp.rename(out)
+        except BaseException:
+            old.rename(out)  # put the previous folder back
+            raise
+        shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _read_config(adapter_dir: Path) -> dict:
+    """adapter_config.json, checked for what this LoRA can reproduce."""
+    path = adapter_dir / CONFIG_NAME
+    if not path.is_file():
+        raise UserError(
+            f"{path}: not found; a PEFT LoRA adapter folder holds {CONFIG_NAME} and {WEIGHTS_NAME}"
+        )
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{path}: expected a JSON object")
+    problems = {
+        "peft_type": config.get("peft_type") != "LORA",
+        "bias": config.get("bias", "none") != "none",
+        "use_dora": bool(config.get("use_dora")),
+        "lora_bias": bool(config.get("lora_bias")),
+        "fan_in_fan_out": bool(config.get("fan_in_fan_out")),
+        "modules_to_save": bool(config.get("modules_to_save")),
+    }
+    for key, bad in problems.items():
+        if bad:
+            raise UserError(
+                f"{path}: {key} = {config.get(key)!r} is not supported (rlvf loads plain LoRA: "
+                f'peft_type "LORA", bias "none", no DoRA, no modules_to_save)'
+            )
+    for key in ("r", "lora_alpha"):
+        value = config.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise UserError(f"{path}: {key} must be a positive number, got {value!r}")
+    return config
+
+
+def _read_weights(adapter_dir: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """adapter_model.safetensors as {module path: {"lora_A": (r, in), "lora_B": (out, r)}}."""
+    path = adapter_dir / WEIGHTS_NAME
+    if not path.is_file():
+        hint = " (adapter_model.bin is not supported; re-save with safetensors)" if (
+            adapter_dir / "adapter_model.bin"
+        ).exists() else ""
+        raise UserError(f"{path}: not found{hint}")
+    try:
+        tensors = load_file(path)
+    except (SafetensorError, OSError) as err:
+        raise UserError(f"{path}: cannot read safetensors ({err})") from None
+    weights: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        if not key.startswith(PEFT_PREFIX):
+            raise UserError(f"{path}: key {key!r} lacks PEFT's {PEFT_PREFIX!r} prefix")
+        match = _KEY_RE.fullmatch(key[len(PEFT_PREFIX):])
+        if match is None:
+            raise UserError(
+                f"{path}: key {key!r} is not a LoRA weight (<module>.lora_A.weight/.lora_B.weight)"
+            )
+        weights.setdefault(match["module"], {})[match["part"]] = tensor
+    for module, pair in weights.items():
+        if set(pair) != {"lora_A", "lora_B"}:
+            raise UserError(f"{path}: {module!r} has {sorted(pair)} but needs lora_A and lora_B")
+        if pair["lora_A"].ndim != 2 or pair["lora_B"].ndim != 2:
+            raise UserError(f"{path}: {module!r} lora_A/lora_B must be 2-D matrices")
+    if not weights:
+        raise UserError(f"{path}: holds no LoRA weights")
+    return weights
+
+
+def _pattern_value(patterns: dict, path: str, default):
+    """PEFT's rank_pattern/alpha_pattern lookup: the first key (a regex) matching a dotted suffix
+    of ``path`` wins (peft.utils.other.get_pattern_key)."""
+    for key, value in (patterns or {}).items():
+        if re.fullmatch(rf"(?:.*\.)?(?:{key})", path):
+            return value
+    return default
+
+
+def _module_rank_alpha(config: dict, module: str) -> tuple[int, float]:
+    """(r, alpha) that adapter_config.json gives ``module``."""
+    r = _pattern_value(config.get("rank_pattern"), module, config["r"])
+    alpha = _pattern_value(config.get("alpha_pattern"), module, config["lora_alpha"])
+    return r, alpha
+
+
+def _scaling(alpha: float, r: int, use_rslora: bool) -> float:
+    return alpha / math.sqrt(r) if use_rslora else alpha / r
+
+
+def _check_shapes(file: Path, module: str, pair: dict, config: dict, in_f: int, out_f: int) -> int:
+    """Check lora_A (r, in) and lora_B (out, r) against the layer and the config; return r."""
+    A, B = pair["lora_A"], pair["lora_B"]  # (r, in), (out, r)
+    r = A.shape[0]
+    for part, got, expected in (("lora_A", A.shape, (r, in_f)), ("lora_B", B.shape, (out_f, r))):
+        if tuple(got) != expected:
+            raise UserError(
+                f"{file}: {PEFT_PREFIX}{module}.{part}.weight has shape {tuple(got)}, expected "
+                f"{expected} for nn.Linear({in_f}, {out_f}) — adapter for a different base model?"
+            )
+    config_r, _ = _module_rank_alpha(config, module)
+    if r != config_r:
+        raise UserError(f"{file}: {module} has rank {r} but {CONFIG_NAME} gives it r = {config_r}")
+    return r
+
+
+def _linear_for_key(model: nn.Module, path: str, file: Path) -> nn.Linear:
+    """The ``nn.Linear`` at ``path`` that the adapter's keys name."""
+    try:
+        module = model.get_submodule(path)
+    except AttributeError:
+        module = None
+    if not isinstance(module, nn.Linear):
+        kind = type(module).__name__
+        what = "does not exist" if module is None else f"is a {kind}, not nn.Linear"
+        raise UserError(
+            f"{file}: key {PEFT_PREFIX}{path}.lora_A.weight names module {path!r}, which "
+            f"{what} in {type(model).__name__} — adapter for a different base model?"
+        )
+    return module
+
+
+def load_adapter(
+    model: nn.Module, adapter_dir: str | Path, dropout: float | None = None, trainable: bool = False
+) -> list[str]:
+    """Load a PEFT LoRA folder (saved here or by peft) into a plain HF model; return wrapped paths.
+
+    Everything is checked before the model is touched. Rank comes from the tensor shapes, alpha
+    from alpha_pattern or lora_alpha, dropout from the config unless given. Base parameters are
+    frozen; the LoRA weights train only if ``trainable`` (to continue training an adapter).
+    """
+    adapter_dir = Path(adapter_dir)
+    _refuse_second_adapter(model, f"load_adapter({adapter_dir})")
+    config = _read_config(adapter_dir)
+    weights = _read_weights(adapter_dir)
+    file = adapter_dir / WEIGHTS_NAME
+    plan = []  # (path, base layer, r, alpha)
+    for path in sorted(weights):
+        base = _linear_for_key(model, path, file)
+        r = _check_shapes(file, path, weights[path], config, base.in_features, base.out_features)
+        plan.append((path, base, r, _module_rank_alpha(config, path)[1]))
+    drop = config.get("lora_dropout", 0.0) if dropout is None else dropout
+    for path, base, r, alpha in plan:
+        module = LoRALinear(base, r, alpha, drop, bool(config.get("use_rslora", False)))
+        with torch.no_grad():
+            module.lora_A.weight.copy_(weights[path]["lora_A"])
+            module.lora_B.weight.copy_(weights[path]["lora_B"])
+        _replace(model, path, module)
+    _freeze_base(model, lora_trainable=trainable)
+    return [path for path, *_ in plan]
+
+
+# ----------------------------------------------------------------------------------------------
+# Mixing and exporting
+
+
+def mix_adapters(adapters: list[tuple[str | Path, float]], out_dir: str | Path) -> Path:
+    """Weighted sum of LoRA adapters as one exact adapter, by concatenation; no model is loaded.
+
+    For every module in any adapter, with sᵢ adapter i's own scaling (α/r or α/√r):
+
+        A' = rows[w₁·s₁·A₁; w₂·s₂·A₂; ...]   (Σrᵢ, in)
+        B' = cols[B₁, B₂, ...]                (out, Σrᵢ)    so B'A' = Σ wᵢ·sᵢ·Bᵢ·Aᵢ
+
+    written with lora_alpha = r' = Σrᵢ and use_rslora false: its scaling is 1 and ΔW is exact.
+    Adapter i contributes rᵢ = its largest rank to every module (zero blocks where it has no or a
+    smaller adapter), so r' is the same everywhere and no rank_pattern is needed (vLLM ignores
+    it). r' must fit vLLM's --max-lora-rank. This is PEFT's ``add_weighted_adapter(..., "cat")``
+    except that PEFT copies use_rslora from the first adapter, so its rsLoRA mixes get scaling
+    √r' instead of 1 — wrong.
+    """
+    if not adapters:
+        raise UserError("mix_adapters: no adapters given")
+    loaded = []  # (dir, weight, config, {module: {"lora_A", "lora_B"}})
+    for adapter_dir, weight in adapters:
+        d = Path(adapter_dir)
+        loaded.append((d, float(weight), _read_config(d), _read_weights(d)))
+    bases = {str(d): c.get("base_model_name_or_path") for d, _, c, _ in loaded}
+    if len(set(bases.values())) > 1:
+        raise UserError(f"mix_adapters: adapters are for different base models: {bases}")
+    shapes = _module_shapes(loaded)  # module -> (out, in)
+    ranks = [max(pair["lora_A"].shape[0] for pair in w.values()) for _, _, _, w in loaded]
+    tensors = {}
+    for module, shape in sorted(shapes.items()):
+        A, B = _mix_module(module, shape, loaded, ranks)  # (r', in), (out, r')
+        tensors[f"{PEFT_PREFIX}{module}.lora_A.weight"] = A
+        tensors[f"{PEFT_PREFIX}{module}.lora_B.weight"] = B
+    r_mix = sum(ranks)
+    config = _peft_config(
+        r=r_mix,
+        alpha=r_mix,
+        dropout=max(float(c.get("lora_dropout", 0.0)) for _, _, c, _ in loaded),
+        target_modules=_union_target_modules([c for _, _, c, _ in loaded], shapes),
+        use_rslora=False,
+        base_model=next(iter(bases.values())),
+        task_type=loaded[0][2].get("task_type") or "CAUSAL_LM",
+    )
+    return _write_adapter(out_dir, config, tensors)
+
+
+def _mix_module(
+    module: str, shape: tuple[int, int], loaded: list, ranks: list[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One module's A' = rows[wᵢ·sᵢ·Aᵢ] (Σrᵢ, in) and B' = cols[Bᵢ] (out, Σrᵢ), zero-padded."""
+    out_f, in_f = shape
+    blocks_A, blocks_B = [], []
+    for (_, weight, config, weights), r_i in zip(loaded, ranks):
+        A = torch.zeros(r_i, in_f)  # (r_i, in); stays zero where adapter i lacks the module
+        B = torch.zeros(out_f, r_i)  # (out, r_i)
+        if module in weights:
+            r = weights[module]["lora_A"].shape[0]  # <= r_i
+            s = _scaling(_module_rank_alpha(config, module)[1], r, bool(config.get("use_rslora")))
+            A[:r] = weight * s * weights[module]["lora_A"].float()
+            B[:, :r] = weights[module]["lora_B"].float()
+        blocks_A.append(A)
+        blocks_B.append(B)
+    return torch.cat(blocks_A, dim=0).contiguous(), torch.cat(blocks_B, dim=1).contiguous()
+
+
+def _module_shapes(loaded: list) -> dict[str, tuple[int, int]]:
+    """Module -> (out, in) over all adapters, which must agree where they share a module."""
+    shapes: dict[str, tuple[int, int]] = {}
+    for adapter_dir, _, _, weights in loaded:
+        for module, pair in weights.items():
+            shape = (pair["lora_B"].shape[0], pair["lora_A"].shape[1])  # (out, in)
+            if shapes.setdefault(module, shape) != shape:
+                raise UserError(
+                    f"mix_adapters: {adapter_dir / WEIGHTS_NAME}: {module} is {shape} (out, in) "
+                    f"but {shapes[module]} in an earlier adapter"
+                )
+    return shapes
+
+
+def _union_target_modules(configs: list[dict], shapes: dict) -> list[str]:
+    """Union of the configs' target_modules lists; full module paths if any is a regex string."""
+    if all(isinstance(c.get("target_modules"), list) for c in configs):
+        return sorted({name for c in configs for name in c["target_modules"]})
+    return sorted(shapes)
+
+
+def export_merged(model: nn.Module, tokenizer, out_dir: str | Path) -> Path:
+    """Save base + adapters as a plain HF model folder (safetensors + tokenizer); return it.
+
+    The merged weights W + s·B·A are computed out of place (fp32, cast to W's dtype, on the CPU),
+    so the in-memory model is left bit for bit as it was — an in-place merge/unmerge round trip
+    in bf16 would perturb the base weights, which DPO uses as its reference policy.
+    """
+    state = {k: v for k, v in model.state_dict().items() if not re.search(r"\.lora_[AB]\.", k)}
+    with torch.no_grad():
+        for path, module in lora_modules(model).items():
+            if not module.merged:  # a merged module's weight already holds W + ΔW
+                merged = module.weight.float() + module.delta_weight()  # (out, in)
+                state[f"{path}.weight"] = merged.to(module.weight.dtype).cpu()
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp, state_dict=state)
+        tokenizer.save_pretrained(tmp)
+
+    return _write_dir_atomically(out_dir, write)

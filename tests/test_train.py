@@ -1,0 +1,221 @@
+"""End-to-end training on the tiny model: learning signal, methods, resume, sweeps, bad data."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rlvf.config import load_config
+from rlvf.metrics import read_metrics
+from rlvf.train import main, train
+
+TOY = Path(__file__).resolve().parent.parent / "configs" / "data" / "maddie-heart"
+
+
+def make_config(tmp_path: Path, model_dir, name="run", **sections) -> Path:
+    raw = {
+        "model": {"path": str(model_dir), "dtype": "float32"},
+        "data": {"dirs": [str(TOY)], "max_length": 128, "max_prompt_length": 64, "val_fraction": 0.1},
+        "output_dir": str(tmp_path / name),
+        "lora": {"r": 4, "alpha": 8, "dropout": 0.05},
+        "method": {"name": "c3po"},
+        "train": {"lr": 5e-3, "batch_size": 2, "max_steps": 4, "progress": False, "seed": 0},
+    }
+    for section, values in sections.items():
+        if isinstance(values, dict):
+            raw.setdefault(section, {}).update(values)
+        else:
+            raw[section] = values
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    return path
+
+
+def run(path, *extra) -> Path:
+    main(["--config", str(path), *extra])
+    return Path(load_config(path).output_dir)
+
+
+def last(rows, key):
+    return [r[key] for r in rows if key in r][-1]
+
+
+def test_c3po_lowers_loss_and_raises_margin(tmp_path, tiny_model_dir):
+    out = run(make_config(tmp_path, tiny_model_dir, train={"max_steps": 12, "eval_every": 4}))
+    rows = read_metrics(out)
+    # At step 1 the adapter is zero (B = 0), so policy = reference: loss/dpo = log 2, margin 0.
+    assert rows[0]["loss/dpo"] == pytest.approx(0.693147, abs=1e-5)
+    assert rows[0]["rewards/margins"] == pytest.approx(0.0, abs=1e-6)
+    evals = [r for r in rows if "eval/loss" in r]
+    assert evals[-1]["eval/loss"] < evals[0]["eval/loss"]
+    assert last(rows, "eval/rewards/margins") > 0
+    assert last(rows, "eval/loss/dpo") < 0.693
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["method"]["lambda_out"] == 0.2 and saved["train"]["max_steps"] == 12
+    for key in ("lr", "grad_norm", "tokens_per_s", "loss/near", "loss/out", "rewards/accuracies"):
+        assert key in rows[0]
+
+
+def test_constraint_weights_move_near_and_out_terms(tmp_path, tiny_model_dir):
+    finals = {}
+    for lam in (0.0, 2.0):
+        out = run(make_config(tmp_path, tiny_model_dir, name=f"lam{lam}",
+                              method={"lambda_out": lam, "lambda_near": lam}, train={"max_steps": 10}))
+        rows = read_metrics(out)
+        finals[lam] = (last(rows, "eval/loss/near"), last(rows, "eval/loss/out"))
+    # λ weights −log π(baseline) on near/out rows: a larger λ keeps those NLLs lower.
+    assert finals[2.0][0] < finals[0.0][0]
+    assert finals[2.0][1] < finals[0.0][1]
+
+
+def test_resume_is_bit_exact(tmp_path, tiny_model_dir):
+    full = run(make_config(tmp_path, tiny_model_dir, name="full", train={"max_steps": 6, "grad_accum": 2}))
+    cut = make_config(tmp_path, tiny_model_dir, name="cut", train={"max_steps": 6, "grad_accum": 2, "stop_at_step": 3})
+    out = run(cut)
+    assert not (out / "adapter").exists() and (out / "checkpoints" / "step-000003").is_dir()
+    run(cut, "--resume")
+    a = (full / "adapter" / "adapter_model.safetensors").read_bytes()
+    b = (out / "adapter" / "adapter_model.safetensors").read_bytes()
+    assert a == b
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("time", "tokens_per_s")} for r in rows]
+    assert strip(read_metrics(full)) == strip(read_metrics(out))
+
+
+def test_existing_run_needs_resume_and_same_config(tmp_path, tiny_model_dir, capsys):
+    path = make_config(tmp_path, tiny_model_dir, train={"max_steps": 2, "stop_at_step": 1})
+    run(path)
+    with pytest.raises(SystemExit) as exc:
+        run(path)
+    assert exc.value.code == 2 and "already holds a run; pass --resume" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        run(path, "--resume", "--set", "train.lr=1e-2")
+    assert exc.value.code == 2
+    assert "train.lr was 0.005, now 0.01" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", [
+    {"name": "dpo"},
+    {"name": "dpo", "negatives_near_ratio": 0.5, "negatives_out_ratio": 0.25},
+    {"name": "dpo", "loss_type": "ipo"},
+    {"name": "dpo", "loss_type": "hinge"},
+    {"name": "scd"},
+    {"name": "scd_neg"},
+    {"name": "sft"},
+    {"name": "c3po", "constraint": "kd", "kd_kappa": 0.5, "kd_temperature": 2.0},
+    {"name": "c3po", "kd_per_token": True, "kd_squared": True},
+], ids=lambda m: "-".join(str(v) for v in m.values()))
+def test_every_method_trains(tmp_path, tiny_model_dir, method):
+    out = run(make_config(tmp_path, tiny_model_dir, method=method, train={"max_steps": 2}))
+    rows = read_metrics(out)
+    assert all(r.get("loss", 0) == r.get("loss", 0) for r in rows)  # finite, logged
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    keys = set().union(*rows)
+    if method["name"] in ("dpo", "c3po"):
+        assert "rewards/margins" in keys
+    if method["name"] in ("c3po", "scd_neg"):
+        assert {"loss/near", "loss/out"} <= keys
+
+
+def test_dpo_negatives_add_pairs(tmp_path, tiny_model_dir, capsys):
+    run(make_config(tmp_path, tiny_model_dir, name="neg", method={"name": "dpo", "negatives_near_ratio": 0.5},
+                    train={"max_steps": 1}))
+    err = capsys.readouterr().err
+    n_in = sum(1 for _ in open(TOY / "in_scope_train.jsonl"))
+    # 90% of the in-scope rows train, plus round(0.5 · n_in_train) near-scope negatives
+    n_train = n_in - max(1, int(n_in * 0.1))
+    assert f"{n_train + round(0.5 * n_train)} train items" in err
+
+
+def test_continue_from_adapter_and_two_feedbacks(tmp_path, tiny_model_dir, capsys):
+    scd = run(make_config(tmp_path, tiny_model_dir, name="scd", method={"name": "scd"}, train={"max_steps": 3}))
+    second = tmp_path / "second-feedback"
+    shutil.copytree(TOY, second)
+    capsys.readouterr()
+    dpo = run(make_config(tmp_path, tiny_model_dir, name="dpo", method={"name": "dpo"},
+                          data={"dirs": [str(TOY), str(second)]}, lora={"init_from": str(scd / "adapter")},
+                          train={"max_steps": 2}))
+    err = capsys.readouterr().err
+    n_in = sum(1 for _ in open(TOY / "in_scope_train.jsonl"))
+    assert f"{2 * n_in - max(1, int(2 * n_in * 0.1))} train items" in err
+    rows = read_metrics(dpo)
+    # the reference is the SCD adapter itself: at step 1 policy = reference (dropout aside)
+    assert abs(rows[0]["rewards/margins"]) < 0.05
+    cfg = json.loads((dpo / "adapter" / "adapter_config.json").read_text())
+    assert cfg["r"] == 4
+
+
+def test_sweep_runs_each_point_in_its_own_dir(tmp_path, tiny_model_dir):
+    path = make_config(tmp_path, tiny_model_dir, name="sw", train={"max_steps": 1},
+                       sweep={"params": ["train.lr", "lora.r"], "values": [[1e-3, 2], [2e-3, 4]]})
+    main(["--config", str(path)])
+    for name, r in (("train.lr=0.001,lora.r=2", 2), ("train.lr=0.002,lora.r=4", 4)):
+        cfg = json.loads((tmp_path / "sw" / name / "adapter" / "adapter_config.json").read_text())
+        assert cfg["r"] == r
+        assert yaml.safe_load((tmp_path / "sw" / name / "config.yaml").read_text())["lora"]["r"] == r
+
+
+def test_truncated_rows_are_dropped_and_counted(tmp_path, tiny_model_dir, capsys):
+    out = run(make_config(tmp_path, tiny_model_dir, data={"max_length": 38, "max_prompt_length": 38},
+                          train={"max_steps": 1}))
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["dropped_rows"] > 0
+    assert f"{summary['dropped_rows']} rows dropped by truncation" in capsys.readouterr().err
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, tiny_model_dir, capsys):
+    path = make_config(tmp_path, tiny_model_dir, train={"max_steps": 8, "lr": 1e30, "max_grad_norm": 0.0,
+                                                        "save_every": 1, "warmup_ratio": 0.0})
+    with pytest.raises(SystemExit) as exc:
+        run(path)
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exc.value.code == 2 and "non-finite" in err and "last good checkpoint is" in err
+    ckpt = Path(err.split("last good checkpoint is ")[1].split(".")[0].rstrip(","))
+    assert (ckpt / "adapter" / "adapter_model.safetensors").is_file()
+    assert not (tmp_path / "run" / "adapter").exists()
+
+
+BAD_DATA = [
+    ("in_scope_train.jsonl", '{"id": "x", "prompt": "p", "baseline": "b"}\n', ":1: missing field 'revised'"),
+    ("near_scope_train.jsonl", '{"id": "x", "prompt": "p", "baseline": 7}\n', ":1: field 'baseline' must be a string"),
+    ("out_of_scope_train.jsonl", "", ": no rows"),
+]
+
+
+@pytest.mark.parametrize("file,content,fragment", BAD_DATA, ids=[b[2] for b in BAD_DATA])
+def test_bad_data_stops_before_any_work(tmp_path, tiny_model_dir, capsys, file, content, fragment):
+    data = tmp_path / "data"
+    shutil.copytree(TOY, data)
+    (data / file).write_text(content)
+    path = make_config(tmp_path, tiny_model_dir, data={"dirs": [str(data)]})
+    with pytest.raises(SystemExit) as exc:
+        run(path)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1
+    assert f"{data / file}{fragment}" in err[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_model_dir_and_template(tmp_path, tiny_model_dir, capsys):
+    with pytest.raises(SystemExit):
+        run(make_config(tmp_path, tmp_path / "nowhere", name="a"))
+    assert "model.path: " in capsys.readouterr().err
+    broken = tmp_path / "no-template"
+    shutil.copytree(tiny_model_dir, broken)
+    (broken / "chat_template.jinja").unlink()
+    cfg = json.loads((broken / "tokenizer_config.json").read_text())
+    cfg.pop("chat_template", None)
+    (broken / "tokenizer_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(SystemExit):
+        run(make_config(tmp_path, broken, name="b"))
+    assert "has no chat template" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_train_function_returns_peft_adapter(tmp_path, tiny_model_dir):
+    cfg = load_config(make_config(tmp_path, tiny_model_dir, train={"max_steps": 1}))
+    out = train(cfg)
+    assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
