@@ -1,0 +1,259 @@
+"""Fused ``lm_head`` + log-softmax + gather, and the per-token KL, without (N, V) logits.
+
+Per-token log-probability of the target token y under logits z = softcap(h Wᵀ):
+
+    log π(y | h) = z_y − logsumexp(z)                                   z ∈ R^V, h ∈ R^H
+
+and its gradient (g = ∂L/∂ log π, p = softmax(z), s = softcap):
+
+    ∂L/∂z       = g · (onehot(y) − p)
+    ∂L/∂(hWᵀ)   = ∂L/∂z · (1 − tanh²(hWᵀ/s)) = ∂L/∂z · (1 − (z/s)²)      (softcap z = s·tanh(hWᵀ/s))
+    ∂L/∂h       = ∂L/∂(hWᵀ) W          ∂L/∂W = ∂L/∂(hWᵀ)ᵀ h
+
+Per-token KL(π_ref ‖ π) at temperature T, with q = softmax(z_ref/T) and p = softmax(z/T):
+
+    KL = Σ_v q_v (log q_v − log p_v)           ∂KL/∂z = (p − q) / T
+
+The chunked autograd.Functions walk over N in chunks of ``chunk_size`` rows. Forward keeps only
+(hidden, weight, targets) and one fp32 logsumexp per row, O(N); backward recomputes each chunk's
+logits, so peak extra memory is O(chunk_size · V) instead of the O(N · V) that ``hidden @ W.T``
+followed by autograd would keep. The ``naive_*`` functions are the references the tests compare
+against. A Triton kernel is to sit beside each Function here with the same signature.
+
+Dtypes follow Hugging Face: the matmul runs in the input dtype and its result is upcast to fp32
+before softcap / softmax (fp64 inputs stay fp64, so torch.autograd.gradcheck applies); outputs
+are fp32; gradients come back in the input dtypes, the weight gradient accumulated over chunks
+in fp32. Under torch.autocast, cast hidden and weight to one dtype first: these Functions do not
+autocast.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+
+# --------------------------------------------------------------------------- shared maths
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Dtype the softmax runs in: fp32, or fp64 for fp64 inputs (so gradcheck works)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _logits(hidden: torch.Tensor, weight: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    """fp32 logits z = softcap(h Wᵀ) of one chunk: (n, H) × (V, H) → (n, V)."""
+    logits = hidden @ weight.T  # (n, V), input dtype
+    logits = logits.to(_acc_dtype(logits.dtype))  # (n, V), fp32
+    if softcap:
+        logits = softcap * torch.tanh(logits / softcap)  # (n, V), Gemma-2 final_logit_softcapping
+    return logits
+
+
+def _softcap_backward(grad: torch.Tensor, logits: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    """Chain ∂L/∂z back through z = s·tanh(x/s): ∂z/∂x = 1 − tanh² = 1 − (z/s)². In place."""
+    if softcap:
+        grad.mul_(1.0 - (logits / softcap).square())  # (n, V)
+    return grad
+
+
+def _logprob_grad_logits(
+    logits: torch.Tensor, lse: torch.Tensor, targets: torch.Tensor, g: torch.Tensor
+) -> torch.Tensor:
+    """∂(g · log π_y)/∂z = g · (onehot(y) − softmax(z)) for one chunk.
+
+    logits (n, V) fp32, lse (n,), targets (n,) valid indices, g (n,) fp32 (0 on ignored rows).
+    """
+    grad = torch.exp(logits - lse[:, None]).mul_(-g[:, None])  # (n, V): −g·p
+    grad.scatter_add_(1, targets[:, None], g[:, None])  # (n, V): + g·onehot(y)
+    return grad
+
+
+def _chunks(n: int, chunk_size: int):
+    """Start/end pairs covering range(n) in chunks of at most ``chunk_size``."""
+    for start in range(0, n, chunk_size):
+        yield start, min(start + chunk_size, n)
+
+
+def _check_linear_inputs(hidden: torch.Tensor, weight: torch.Tensor, rows: torch.Tensor, chunk_size: int):
+    if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
+        raise ValueError(
+            f"expected hidden (N, H) and weight (V, H), got {tuple(hidden.shape)} and {tuple(weight.shape)}"
+        )
+    if rows.shape != hidden.shape[:1]:
+        raise ValueError(f"expected a per-row tensor of shape ({hidden.shape[0]},), got {tuple(rows.shape)}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+
+
+# --------------------------------------------------------------------------- log-probs
+
+
+def naive_linear_logprobs(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    ignore_index: int = IGNORE_INDEX,
+    softcap: float | None = None,
+) -> torch.Tensor:
+    """Reference per-token log π(y | h) with the full (N, V) logits; 0 where target == ignore_index.
+
+    hidden (N, H), weight (V, H), targets (N,) long → (N,) fp32.
+    """
+    logits = _logits(hidden, weight, softcap)  # (N, V)
+    valid = targets != ignore_index  # (N,)
+    safe = targets.masked_fill(~valid, 0)  # (N,)
+    logps = logits.log_softmax(-1).gather(1, safe[:, None]).squeeze(1)  # (N,)
+    return logps.masked_fill(~valid, 0.0)
+
+
+class ChunkedLinearLogprob(torch.autograd.Function):
+    """log π(y | h) = z_y − logsumexp(z), z = softcap(h Wᵀ), computed chunk by chunk (see module doc)."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, ignore_index, chunk_size, softcap):
+        valid = targets != ignore_index  # (N,)
+        safe = targets.masked_fill(~valid, 0)  # (N,)
+        lse = hidden.new_empty(hidden.shape[0], dtype=_acc_dtype(hidden.dtype))  # (N,)
+        target_logit = torch.empty_like(lse)  # (N,)
+        for s, e in _chunks(hidden.shape[0], chunk_size):
+            logits = _logits(hidden[s:e], weight, softcap)  # (n, V)
+            lse[s:e] = torch.logsumexp(logits, dim=-1)
+            target_logit[s:e] = logits.gather(1, safe[s:e, None]).squeeze(1)
+        ctx.save_for_backward(hidden, weight, targets, lse)
+        ctx.ignore_index, ctx.chunk_size, ctx.softcap = ignore_index, chunk_size, softcap
+        return (target_logit - lse).masked_fill_(~valid, 0.0)  # (N,)
+
+    @staticmethod
+    def backward(ctx, grad_logps):
+        hidden, weight, targets, lse = ctx.saved_tensors
+        need_hidden, need_weight = ctx.needs_input_grad[:2]
+        valid = targets != ctx.ignore_index  # (N,)
+        safe = targets.masked_fill(~valid, 0)  # (N,)
+        g = grad_logps.to(lse.dtype).masked_fill(~valid, 0.0)  # (N,): ignored rows get zero gradient
+        grad_hidden = torch.empty_like(hidden) if need_hidden else None  # (N, H)
+        grad_weight = weight.new_zeros(weight.shape, dtype=lse.dtype) if need_weight else None
+        for s, e in _chunks(hidden.shape[0], ctx.chunk_size):
+            logits = _logits(hidden[s:e], weight, ctx.softcap)  # (n, V)
+            grad = _logprob_grad_logits(logits, lse[s:e], safe[s:e], g[s:e])  # (n, V)
+            grad = _softcap_backward(grad, logits, ctx.softcap).to(hidden.dtype)  # ∂L/∂(hWᵀ)
+            if need_hidden:
+                grad_hidden[s:e] = grad @ weight  # (n, H)
+            if need_weight:
+                grad_weight += (grad.T @ hidden[s:e]).to(lse.dtype)  # (V, H)
+        grad_weight = grad_weight.to(weight.dtype) if need_weight else None
+        return grad_hidden, grad_weight, None, None, None, None
+
+
+def chunked_linear_logprobs(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    ignore_index: int = IGNORE_INDEX,
+    chunk_size: int = 1024,
+    softcap: float | None = None,
+) -> torch.Tensor:
+    """Per-token log π(y | h) without materialising (N, V) logits; 0 where target == ignore_index.
+
+    hidden (N, H), weight (V, H) (same dtype), targets (N,) long → (N,) fp32, differentiable in
+    hidden and weight. Peak extra memory O(chunk_size · V).
+    """
+    _check_linear_inputs(hidden, weight, targets, chunk_size)
+    return ChunkedLinearLogprob.apply(hidden, weight, targets, ignore_index, chunk_size, softcap or None)
+
+
+# --------------------------------------------------------------------------- KL(π_ref ‖ π)
+
+
+def _kl_rows(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
+    """Σ_v q (log q − log p) per row: (n, V) log-probs of π and π_ref → (n,)."""
+    return (logq.exp() * (logq - logp)).sum(-1)
+
+
+def naive_linear_kl(
+    hidden: torch.Tensor,
+    ref_hidden: torch.Tensor,
+    weight: torch.Tensor,
+    mask: torch.Tensor,
+    temperature: float = 1.0,
+    softcap: float | None = None,
+    ref_weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Reference per-token KL(π_ref ‖ π) with full logits, via ``F.kl_div``; 0 where mask is False.
+
+    π = softmax(softcap(h Wᵀ)/T), π_ref = softmax(softcap(h_ref W_refᵀ)/T), W_ref = ``ref_weight``
+    or ``weight``; the reference side is a constant (detached). hidden, ref_hidden (N, H),
+    weight (V, H), mask (N,) bool → (N,) fp32.
+    """
+    ref_weight = weight if ref_weight is None else ref_weight
+    logp = (_logits(hidden, weight, softcap) / temperature).log_softmax(-1)  # (N, V)
+    logq = (_logits(ref_hidden.detach(), ref_weight.detach(), softcap) / temperature).log_softmax(-1)
+    kl = F.kl_div(logp, logq, reduction="none", log_target=True).sum(-1)  # (N,)
+    return kl.masked_fill(~mask, 0.0)
+
+
+class ChunkedLinearKL(torch.autograd.Function):
+    """Per-token KL(π_ref ‖ π) chunk by chunk; gradient (p − q)/T flows to hidden and weight only."""
+
+    @staticmethod
+    def forward(ctx, hidden, ref_hidden, weight, ref_weight, mask, temperature, chunk_size, softcap):
+        kl = hidden.new_empty(hidden.shape[0], dtype=_acc_dtype(hidden.dtype))  # (N,)
+        lse = torch.empty_like(kl)  # (N,) logsumexp of z/T
+        ref_lse = torch.empty_like(kl)  # (N,) logsumexp of z_ref/T
+        for s, e in _chunks(hidden.shape[0], chunk_size):
+            z = _logits(hidden[s:e], weight, softcap) / temperature  # (n, V)
+            z_ref = _logits(ref_hidden[s:e], ref_weight, softcap) / temperature  # (n, V)
+            lse[s:e], ref_lse[s:e] = torch.logsumexp(z, -1), torch.logsumexp(z_ref, -1)
+            kl[s:e] = _kl_rows(z - lse[s:e, None], z_ref - ref_lse[s:e, None])
+        ctx.save_for_backward(hidden, ref_hidden, weight, ref_weight, mask, lse, ref_lse)
+        ctx.temperature, ctx.chunk_size, ctx.softcap = temperature, chunk_size, softcap
+        return kl.masked_fill_(~mask, 0.0)
+
+    @staticmethod
+    def backward(ctx, grad_kl):
+        hidden, ref_hidden, weight, ref_weight, mask, lse, ref_lse = ctx.saved_tensors
+        need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
+        t = ctx.temperature
+        g = grad_kl.to(lse.dtype).masked_fill(~mask, 0.0)  # (N,)
+        grad_hidden = torch.empty_like(hidden) if need_hidden else None  # (N, H)
+        grad_weight = weight.new_zeros(weight.shape, dtype=lse.dtype) if need_weight else None
+        for s, e in _chunks(hidden.shape[0], ctx.chunk_size):
+            logits = _logits(hidden[s:e], weight, ctx.softcap)  # (n, V)
+            p = torch.exp(logits / t - lse[s:e, None])  # (n, V)
+            q = torch.exp(_logits(ref_hidden[s:e], ref_weight, ctx.softcap) / t - ref_lse[s:e, None])
+            grad = p.sub_(q).mul_(g[s:e, None] / t)  # (n, V): g · (p − q) / T
+            grad = _softcap_backward(grad, logits, ctx.softcap).to(hidden.dtype)
+            if need_hidden:
+                grad_hidden[s:e] = grad @ weight  # (n, H)
+            if need_weight:
+                grad_weight += (grad.T @ hidden[s:e]).to(lse.dtype)  # (V, H)
+        grad_weight = grad_weight.to(weight.dtype) if need_weight else None
+        return grad_hidden, None, grad_weight, None, None, None, None, None
+
+
+def chunked_linear_kl(
+    hidden: torch.Tensor,
+    ref_hidden: torch.Tensor,
+    weight: torch.Tensor,
+    mask: torch.Tensor,
+    temperature: float = 1.0,
+    chunk_size: int = 1024,
+    softcap: float | None = None,
+    ref_weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Per-token KL(π_ref ‖ π) = Σ_v q_v (log q_v − log p_v) at temperature T, O(chunk_size · V) memory.
+
+    p = softmax(softcap(h Wᵀ)/T) is the policy (differentiable in hidden and weight);
+    q = softmax(softcap(h_ref W_refᵀ)/T) is the reference, a constant: W_ref = ``ref_weight`` or
+    ``weight`` (pass the frozen head explicitly when the head itself is trained). hidden,
+    ref_hidden (N, H), weight (V, H), mask (N,) bool → (N,) fp32, 0 where mask is False.
+    """
+    _check_linear_inputs(hidden, weight, mask, chunk_size)
+    if ref_hidden.shape != hidden.shape:
+        raise ValueError(f"ref_hidden {tuple(ref_hidden.shape)} must match hidden {tuple(hidden.shape)}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    ref_weight = (weight if ref_weight is None else ref_weight).detach()
+    args = (mask.bool(), float(temperature), chunk_size, softcap or None)
+    return ChunkedLinearKL.apply(hidden, ref_hidden.detach(), weight, ref_weight, *args)

@@ -1,0 +1,333 @@
+"""Chunked lm_head log-probs and KL vs their naive references, kernel level and model level."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from rlvf.kernels import (
+    chunked_linear_kl,
+    chunked_linear_logprobs,
+    naive_linear_kl,
+    naive_linear_logprobs,
+)
+from rlvf.logprobs import (
+    SequenceLogps,
+    backbone_hidden,
+    naive_sequence_logprobs,
+    output_head,
+    sequence_kl,
+    sequence_logprobs,
+)
+
+N, H, V, CHUNK = 37, 24, 101, 16  # odd on purpose: N not a multiple of CHUNK, V odd
+
+# (dtype, atol, rtol) for values and gradients, compared against the fp32 naive reference.
+TOLERANCES = [
+    (torch.float32, 1e-5, 1e-5),  # measured max error ≈ 1.5e-7 of scale
+    # bf16 keeps 8 mantissa bits: the logits are rounded to ~0.4 % before the fp32 softmax and the
+    # gradient of the logits is rounded again before each matmul; measured max error ≈ 5e-3 of scale.
+    (torch.bfloat16, 1.5e-2, 2e-2),
+    # fp16 keeps 11 mantissa bits, ~8x finer than bf16; measured max error ≈ 5e-4 of scale.
+    (torch.float16, 2e-3, 5e-3),
+]
+
+
+def _inputs(dtype, seed=0, n=N, ignore_frac=0.3):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(n, H, generator=g)
+    weight = torch.randn(V, H, generator=g) / H**0.5
+    targets = torch.randint(0, V, (n,), generator=g)
+    targets[torch.rand(n, generator=g) < ignore_frac] = -100
+    upstream = torch.randn(n, generator=g)  # a random ∂L/∂logp, so every row's gradient matters
+    return hidden.to(dtype), weight.to(dtype), targets, upstream
+
+
+def _grads(fn, hidden, weight, upstream):
+    """Value of fn(hidden, weight) and its gradients wrt hidden and weight, all upcast to fp32."""
+    hidden = hidden.detach().requires_grad_(True)
+    weight = weight.detach().requires_grad_(True)
+    out = fn(hidden, weight)
+    (out * upstream).sum().backward()
+    return out.float(), hidden.grad.float(), weight.grad.float()
+
+
+def _assert_close(actual, expected, atol, rtol):
+    """Elementwise |a − e| ≤ atol·max|e| + rtol·|e|: atol is relative to the tensor's scale."""
+    scale = expected.abs().max().clamp(min=1e-12).item()
+    torch.testing.assert_close(actual, expected, atol=atol * scale, rtol=rtol)
+
+
+@pytest.mark.parametrize("dtype,atol,rtol", TOLERANCES)
+@pytest.mark.parametrize("softcap", [None, 3.0])
+def test_chunked_logprobs_match_naive(dtype, atol, rtol, softcap):
+    hidden, weight, targets, upstream = _inputs(dtype)
+
+    def chunked(h, w):
+        return chunked_linear_logprobs(h, w, targets, chunk_size=CHUNK, softcap=softcap)
+
+    def naive(h, w):
+        return naive_linear_logprobs(h, w, targets, softcap=softcap)
+
+    got = _grads(chunked, hidden, weight, upstream)
+    want = _grads(naive, hidden.float(), weight.float(), upstream)
+    assert got[0].dtype == torch.float32 and got[0].shape == (N,)
+    for a, e in zip(got, want):
+        _assert_close(a, e, atol, rtol)
+    assert torch.all(got[0][targets == -100] == 0)
+
+
+def test_chunked_logprobs_bf16_matches_bf16_reference():
+    """Same-dtype comparison: both round the logits to bf16 identically, so values agree tightly."""
+    hidden, weight, targets, upstream = _inputs(torch.bfloat16, seed=1)
+
+    def chunked(h, w):
+        return chunked_linear_logprobs(h, w, targets, chunk_size=CHUNK)
+
+    got = _grads(chunked, hidden, weight, upstream)
+    want = _grads(lambda h, w: naive_linear_logprobs(h, w, targets), hidden, weight, upstream)
+    _assert_close(got[0], want[0], 1e-5, 1e-5)
+    for a, e in zip(got[1:], want[1:]):
+        _assert_close(a, e, 1e-2, 1e-2)  # bf16 gradients: one rounding of the product per chunk vs once
+
+
+def test_all_ignored_and_big_chunk():
+    hidden, weight, targets, upstream = _inputs(torch.float32, ignore_frac=1.0)
+    value, grad_h, grad_w = _grads(
+        lambda h, w: chunked_linear_logprobs(h, w, targets, chunk_size=4096), hidden, weight, upstream
+    )
+    assert torch.all(value == 0) and torch.all(grad_h == 0) and torch.all(grad_w == 0)
+
+
+def test_chunk_bigger_than_n_and_empty_input():
+    hidden, weight, targets, upstream = _inputs(torch.float32, seed=2)
+
+    def chunked(h, w):
+        return chunked_linear_logprobs(h, w, targets, chunk_size=4096)
+
+    got = _grads(chunked, hidden, weight, upstream)
+    want = _grads(lambda h, w: naive_linear_logprobs(h, w, targets), hidden, weight, upstream)
+    for a, e in zip(got, want):
+        _assert_close(a, e, 1e-5, 1e-5)
+    empty = chunked_linear_logprobs(hidden[:0], weight, targets[:0])
+    assert empty.shape == (0,)
+
+
+def test_frozen_weight_gets_no_gradient():
+    hidden, weight, targets, _ = _inputs(torch.float32, seed=3)
+    hidden.requires_grad_(True)
+    chunked_linear_logprobs(hidden, weight, targets, chunk_size=CHUNK).sum().backward()
+    assert weight.grad is None and hidden.grad is not None
+
+
+def _saved_shapes(fn):
+    """Shapes of every tensor autograd saves for backward while ``fn`` runs."""
+    shapes = []
+
+    def pack(t):
+        shapes.append(tuple(t.shape))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return shapes
+
+
+def test_chunked_forward_saves_no_vocab_sized_tensor():
+    hidden, weight, targets, _ = _inputs(torch.float32)
+    hidden.requires_grad_(True)
+    weight.requires_grad_(True)
+    chunked = _saved_shapes(lambda: chunked_linear_logprobs(hidden, weight, targets, chunk_size=CHUNK))
+    naive = _saved_shapes(lambda: naive_linear_logprobs(hidden, weight, targets))
+    assert not [s for s in chunked if s[-1] == V], chunked
+    assert [s for s in naive if s == (N, V)], "the check must be able to see the naive path's logits"
+
+
+@pytest.mark.parametrize("softcap", [None, 3.0])
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_chunked_kl_matches_naive(softcap, temperature):
+    hidden, weight, _, upstream = _inputs(torch.float32, seed=4)
+    ref_hidden = hidden + 0.5 * torch.randn_like(hidden)
+    ref_weight = weight + 0.1 * torch.randn_like(weight)  # a separate frozen reference head
+    mask = torch.rand(N, generator=torch.Generator().manual_seed(5)) > 0.3
+
+    def chunked(h, w):
+        return chunked_linear_kl(h, ref_hidden, w, mask, temperature, CHUNK, softcap, ref_weight)
+
+    def naive(h, w):
+        return naive_linear_kl(h, ref_hidden, w, mask, temperature, softcap, ref_weight)
+
+    got = _grads(chunked, hidden, weight, upstream)
+    want = _grads(naive, hidden, weight, upstream)
+    for a, e in zip(got, want):
+        _assert_close(a, e, 1e-5, 1e-5)
+    assert torch.all(got[0] >= -1e-6) and torch.all(got[0][~mask] == 0)
+
+
+def test_kl_of_identical_distributions_is_zero():
+    hidden, weight, _, _ = _inputs(torch.float32, seed=6)
+    kl = chunked_linear_kl(hidden, hidden, weight, torch.ones(N, dtype=torch.bool), chunk_size=CHUNK)
+    torch.testing.assert_close(kl, torch.zeros(N), atol=1e-6, rtol=0)
+
+
+# --------------------------------------------------------------------------- model level
+
+
+def _batch(vocab_size, seed=0, batch=4, max_len=21, pad_id=0):
+    """Right-padded random sequences with random lengths and prompt lengths; labels −100 on prompt/pad."""
+    g = torch.Generator().manual_seed(seed)
+    input_ids = torch.full((batch, max_len), pad_id)
+    attention_mask = torch.zeros(batch, max_len, dtype=torch.long)
+    labels = torch.full((batch, max_len), -100)
+    for b in range(batch):
+        length = int(torch.randint(6, max_len + 1, (), generator=g))
+        prompt = int(torch.randint(1, length - 1, (), generator=g))
+        input_ids[b, :length] = torch.randint(4, vocab_size, (length,), generator=g)
+        attention_mask[b, :length] = 1
+        labels[b, prompt:length] = input_ids[b, prompt:length]
+    return input_ids, attention_mask, labels
+
+
+def _model_grads(model, fn, batch, weights):
+    """Per-sequence logps of fn(model, *batch) and the gradient of Σ_b w_b·logps_b for every param."""
+    model.zero_grad(set_to_none=True)
+    out: SequenceLogps = fn(model, *batch)
+    (out.logps * weights).sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return out, grads
+
+
+def _assert_model_match(model, batch, chunk_size=7, rtol=1e-5):
+    weights = torch.linspace(0.5, 1.5, batch[0].shape[0])
+
+    def fused(m, *b):
+        return sequence_logprobs(m, *b, chunk_size=chunk_size)
+
+    got, got_grads = _model_grads(model, fused, batch, weights)
+    want, want_grads = _model_grads(model, naive_sequence_logprobs, batch, weights)
+    _assert_close(got.logps, want.logps, rtol, rtol)
+    assert torch.equal(got.n_tokens, want.n_tokens)
+    assert got_grads.keys() == want_grads.keys() and len(got_grads) > 0
+    for name in want_grads:
+        _assert_close(got_grads[name], want_grads[name], rtol, rtol)
+    return got
+
+
+def test_sequence_logprobs_match_naive(tiny_model):
+    input_ids, attention_mask, labels = _batch(tiny_model.config.vocab_size, pad_id=tiny_model.config.pad_token_id)
+    labels[1] = -100  # a sequence with nothing to score
+    got = _assert_model_match(tiny_model, (input_ids, attention_mask, labels))
+    assert torch.equal(got.n_tokens, (labels[:, 1:] != -100).sum(1))
+    assert got.n_tokens[1] == 0 and got.logps[1] == 0 and got.per_token[1] == 0
+    keep = got.n_tokens > 0
+    torch.testing.assert_close(got.per_token[keep], got.logps[keep] / got.n_tokens[keep])
+    first, second = got.split(2)  # e.g. chosen and rejected halves of a concatenated batch
+    assert torch.equal(first.logps, got.logps[:2]) and torch.equal(second.n_tokens, got.n_tokens[2:])
+
+
+def test_sequence_logprobs_tied_embeddings(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from rlvf.tiny import build_tiny_model
+
+    model = AutoModelForCausalLM.from_pretrained(
+        build_tiny_model(tmp_path, seed=1, tie_word_embeddings=True), dtype=torch.float32
+    ).eval()
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    assert output_head(model).fused
+    _assert_model_match(model, _batch(model.config.vocab_size, seed=1, pad_id=model.config.pad_token_id))
+
+
+class _LoRAHead(nn.Module):
+    """A stand-in for an adapter-wrapped lm_head: base weight plus a low-rank update."""
+
+    def __init__(self, base: nn.Linear, rank: int = 4):
+        super().__init__()
+        self.weight = base.weight
+        self.lora_a = nn.Parameter(torch.randn(rank, base.in_features) * 0.1)
+        self.lora_b = nn.Parameter(torch.randn(base.out_features, rank) * 0.1)
+
+    def forward(self, x):
+        return x @ self.weight.T + (x @ self.lora_a.T) @ self.lora_b.T
+
+
+def test_sequence_logprobs_generic_head(tiny_model):
+    torch.manual_seed(0)
+    tiny_model.lm_head = _LoRAHead(tiny_model.lm_head)
+    assert not output_head(tiny_model).fused
+    _assert_model_match(tiny_model, _batch(tiny_model.config.vocab_size, seed=2))
+
+
+def test_sequence_logprobs_gemma2_softcap():
+    """Gemma-2 applies final_logit_softcapping inside its forward; the fused path must too."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    config = Gemma2Config(
+        vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, final_logit_softcapping=2.0, attn_implementation="eager",
+    )
+    torch.manual_seed(0)
+    model = Gemma2ForCausalLM(config).eval()
+    nn.init.normal_(model.lm_head.weight, std=1.0)  # large logits, so the cap really bends them
+    assert output_head(model).softcap == 2.0
+    _assert_model_match(model, _batch(97, seed=3))
+
+
+def test_output_head_rejects_logit_scale(tiny_model):
+    tiny_model.config.logit_scale = 0.0625  # what Cohere models set
+    with pytest.raises(ValueError, match="logit_scale"):
+        output_head(tiny_model)
+
+
+def test_sequence_forward_saves_no_vocab_sized_tensor(tiny_model):
+    vocab = tiny_model.config.vocab_size
+    batch = _batch(vocab, pad_id=tiny_model.config.pad_token_id)
+    for p in tiny_model.parameters():
+        p.requires_grad_(True)
+    fused = _saved_shapes(lambda: sequence_logprobs(tiny_model, *batch, chunk_size=8))
+    naive = _saved_shapes(lambda: naive_sequence_logprobs(tiny_model, *batch))
+    assert not [s for s in fused if s[-1] == vocab], fused
+    assert [s for s in naive if s[-1] == vocab], "the check must be able to see the naive path's logits"
+
+
+def _naive_sequence_kl(model, ref_model, input_ids, attention_mask, labels, temperature):
+    """Σ_t KL(π_ref ‖ π) over scored tokens with full logits from both models: (B,)."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
+    with torch.no_grad():
+        ref_logits = ref_model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
+    logp, logq = (z.div(temperature).log_softmax(-1) for z in (logits, ref_logits))
+    kl = torch.nn.functional.kl_div(logp, logq, reduction="none", log_target=True).sum(-1)  # (B, T-1)
+    return torch.where(labels[:, 1:] != -100, kl, 0.0).sum(1)
+
+
+@pytest.mark.parametrize("generic_head", [False, True])
+def test_sequence_kl_matches_naive(tiny_model, generic_head):
+    ref_model = copy.deepcopy(tiny_model)  # the reference: same head, perturbed backbone
+    with torch.no_grad():
+        for p in ref_model.model.layers.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    if generic_head:
+        tiny_model.lm_head = _LoRAHead(tiny_model.lm_head)
+        ref_model.lm_head = copy.deepcopy(tiny_model.lm_head)  # the head the reference uses
+    input_ids, attention_mask, labels = _batch(tiny_model.config.vocab_size, seed=4)
+    weights = torch.linspace(0.5, 1.5, input_ids.shape[0])
+
+    def fused(model, *batch):
+        hidden = backbone_hidden(model, input_ids, attention_mask)
+        with torch.no_grad():
+            ref_hidden = backbone_hidden(ref_model, input_ids, attention_mask)
+        return sequence_kl(model, hidden, ref_hidden, labels, temperature=2.0, chunk_size=7)
+
+    got = fused(tiny_model)
+    (got.kl * weights).sum().backward()
+    got_grads = {n: p.grad.clone() for n, p in tiny_model.named_parameters() if p.grad is not None}
+    tiny_model.zero_grad(set_to_none=True)
+    want = _naive_sequence_kl(tiny_model, ref_model, input_ids, attention_mask, labels, 2.0)
+    (want * weights).sum().backward()
+    _assert_close(got.kl, want, 1e-5, 1e-5)
+    assert torch.all(want > 0)
+    for name, p in tiny_model.named_parameters():
+        if p.grad is not None:
+            _assert_close(got_grads[name], p.grad, 1e-5, 1e-5)
