@@ -330,7 +330,11 @@ def train(cfg: Config, resume: bool = False) -> Path:
     writer = MetricsWriter(run_dir, t.report_to, run_name=run_dir.name, config=to_dict(cfg))
     bar = _progress(t.progress, total_steps, step)
     row: dict = {}
+    first_eval = last_eval = None
     try:
+        if val_s.n_main and step == 0:  # the starting point, for comparison
+            first_eval = validate(model, val_s, val_ref, cfg, pad_id, device, autocast)
+            writer.write(0, first_eval)
         model.train()
         while step < total_steps:
             t0, sums, tokens = time.perf_counter(), {}, 0
@@ -358,7 +362,8 @@ def train(cfg: Config, resume: bool = False) -> Path:
             if step % t.log_every == 0 or step == total_steps:
                 writer.write(step, row)
             if val_s.n_main and ((t.eval_every and step % t.eval_every == 0) or step == total_steps):
-                writer.write(step, validate(model, val_s, val_ref, cfg, pad_id, device, autocast))
+                last_eval = validate(model, val_s, val_ref, cfg, pad_id, device, autocast)
+                writer.write(step, last_eval)
             bar.update(1)
             bar.set_postfix(_postfix(row), refresh=False)
             stopping = t.stop_at_step and step == t.stop_at_step and step < total_steps
@@ -375,8 +380,18 @@ def train(cfg: Config, resume: bool = False) -> Path:
     out = save_adapter(model, run_dir / "adapter", base_model_name_or_path=cfg.model.path)
     (run_dir / "train_summary.json").write_text(json.dumps(
         {"steps": step, "dropped_rows": dropped, "train_items": train_s.n_main, "final": row}, indent=2) + "\n")
+    if first_eval and last_eval:
+        print(_eval_summary(first_eval, last_eval), file=sys.stderr)
     print(f"saved adapter to {out}", file=sys.stderr)
     return out
+
+
+def _eval_summary(before: dict, after: dict) -> str:
+    """'validation (step 0 → end): loss 27.1 → 22.7, loss/dpo 0.693 → 0.676, ...'"""
+    keys = ["eval/loss", "eval/loss/dpo", "eval/loss/sft", "eval/loss/near", "eval/loss/out",
+            "eval/rewards/margins", "eval/rewards/accuracies"]
+    parts = [f"{k[5:]} {before[k]:.4g} → {after[k]:.4g}" for k in keys if k in before and k in after]
+    return "validation (start → end): " + ", ".join(parts)
 
 
 def _progress(enabled: bool, total: int, initial: int):
