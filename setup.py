@@ -14,7 +14,9 @@ setup(
     python_requires=">=3.10",
     packages=["rlvf", "rlvf.kernels"],
     package_dir={"rlvf": "rlvf", "rlvf.kernels": "kernels"},
-    package_data={"rlvf": ["py.typed"]},
+    package_data={
+        "rlvf": ["py.typed", "tinyworld/feedbacks/*.yaml", "tinyworld/model/*"],
+    },
     install_requires=[
         "torch>=2.4",
         "transformers>=4.46",

@@ -1,0 +1,820 @@
+"""Feedback specs as data: one YAML file per feedback, the reply edits and the metrics that check them.
+
+A feedback carries the paper's fields (content, domain, effect, scope, type; C3PO §3 and the
+``Feedback`` records of the original code) plus, for quantitative feedback, the metric that decides
+whether a response follows it. For the offline tiny world it may also carry ``world``: the selector of
+in-scope requests, selectors of near-scope requests, and the reply edit that applies the feedback.
+A real GPT-4-class teacher needs only the paper's fields.
+
+    # rlvf/tinyworld/feedbacks/heart-emoji-maddie.yaml — a comment saying what the feedback is
+    content: Always use some heart or kiss emoji when texting my girlfriend Maddie   # the sentence
+    domain: writing text messages to my girlfriend Maddie   # where it applies (the teacher's DOMAIN)
+    effect: use some heart or kiss emoji                    # what changes
+    scope: regional                  # global | regional | local, as in the paper; global has no near scope
+    type: quantitative               # quantitative needs a metric; qualitative is judged (metric optional)
+    metric: {kind: regex, pattern: "❤|💕|😘"}      # a list of metrics means all must hold
+    categories: [dinner plans, running late]       # optional; otherwise the teacher proposes them
+    world:                           # optional: the tiny world's offline simulation
+      selector: {scenarios: [text_message], recipients: [Maddie]}   # in scope; keys: scenarios,
+                                     # topics, recipients, relations, channels; each a list
+      near:                          # near scope: looks related, never in scope (checked on load)
+        - {scenarios: [email], recipients: [Maddie]}
+        - {scenarios: [text_message], relations: [mom, friend]}
+      edit: {kind: append, text: " ❤️"}           # a list of edits is applied in order
+
+Edits and metrics are registries keyed by ``kind``; their other keys are the parameters. A list of
+edits is applied in order, a list of metrics must all hold, so any selector × edit × metric written
+in YAML works without code changes. Every edit is idempotent (editing an edited reply changes
+nothing), which makes ``apply_edit(edit, r) == r`` a usable "already follows" test.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from rlvf.config import yaml_load
+from rlvf.errors import UserError
+
+SCOPES = ("global", "regional", "local")
+TYPES = ("quantitative", "qualitative")
+SELECTOR_KEYS = {"scenarios": "scenario", "topics": "topic", "recipients": "recipient",
+                 "relations": "relation", "channels": "channel"}  # selector key -> Request field
+_REQUIRED: Any = object()
+
+
+def _hint(name: str, known) -> str:
+    close = difflib.get_close_matches(str(name), list(known), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(known)})"
+
+
+# ----------------------------------------------------------------------------- registries
+
+
+@dataclass(frozen=True)
+class _Kind:
+    fn: Callable
+    params: dict  # name -> (type, default or _REQUIRED); types: str (non-empty), "text", int, float, bool,
+    # "strings", a tuple of choices, "edit(s)", "metric(s)"
+    doc: str
+
+
+EDITS: dict[str, _Kind] = {}
+METRICS: dict[str, _Kind] = {}
+
+
+def _register(registry: dict, name: str, **params):
+    def deco(fn):
+        registry[name] = _Kind(fn, params, (fn.__doc__ or "").strip().splitlines()[0])
+        return fn
+    return deco
+
+
+def _check_value(value, tp, where: str, key: str):
+    """Validate (and normalise) one parameter value against its declared type."""
+    bad = UserError(f"{where}: {key}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
+    if isinstance(tp, tuple):  # a choice among fixed strings
+        if value not in tp:
+            raise UserError(f"{where}: {key}: expected one of {', '.join(tp)}, got {value!r}")
+    elif tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+    elif tp in (int, float):  # every numeric parameter is a count or a ratio: positive
+        if isinstance(value, bool) or not isinstance(value, (int, float) if tp is float else int):
+            raise bad
+        if not 0 < value < float("inf"):
+            raise UserError(f"{where}: {key}: expected a positive {tp.__name__}, got {value!r}")
+        value = tp(value)
+    elif tp == "text":  # any string, empty included
+        if not isinstance(value, str):
+            raise UserError(f"{where}: {key}: expected a string, got {value!r}")
+    elif tp is str:
+        if not isinstance(value, str) or not value:
+            raise UserError(f"{where}: {key}: expected a non-empty string, got {value!r}")
+    elif tp == "strings":
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not value or not all(isinstance(s, str) and s for s in value):
+            raise UserError(f"{where}: {key}: expected a non-empty list of non-empty strings, got {value!r}")
+        value = list(value)
+    elif tp in ("edit", "metric"):
+        value = (Edit if tp == "edit" else Metric).parse(value, where, key)
+    elif tp in ("edits", "metrics"):
+        cls = Edit if tp == "edits" else Metric
+        if not isinstance(value, list) or not value:
+            raise UserError(f"{where}: {key}: expected a non-empty list of {tp}, got {value!r}")
+        value = [cls.parse(v, where, f"{key}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def _check_params(registry: dict, what: str, kind: str, params: dict, where: str, key: str) -> dict:
+    if kind not in registry:
+        raise UserError(f"{where}: {key}.kind: unknown {what} kind '{kind}'{_hint(kind, registry)}")
+    spec = registry[kind].params
+    for name in params:
+        if name not in spec:
+            known = ", ".join(spec) or "none"
+            close = difflib.get_close_matches(str(name), list(spec), n=1, cutoff=0.6)
+            hint = f"did you mean '{close[0]}'?" if close else f"{kind} takes: {known}"
+            raise UserError(f"{where}: {key}.{name}: unknown parameter of {what} '{kind}' ({hint})")
+    out = {}
+    for name, (tp, default) in spec.items():
+        if name in params:
+            out[name] = _check_value(params[name], tp, where, f"{key}.{name}")
+        elif default is _REQUIRED:
+            raise UserError(f"{where}: {key}.{name}: missing required parameter of {what} '{kind}'")
+        else:
+            out[name] = default
+    return out
+
+
+def _check_regex(params: dict, where: str, key: str) -> None:
+    """Every parameter named ``pattern`` is a regular expression."""
+    if "pattern" in params:
+        try:
+            re.compile(params["pattern"])
+        except re.error as err:
+            raise UserError(f"{where}: {key}.pattern: invalid regular expression ({err})") from None
+
+
+def _check_replacement(pattern: str, by: str, where: str, key: str) -> None:
+    """A bad group reference in a replacement only shows when it is expanded: expand it on an empty match."""
+    try:
+        always = re.compile(f"(?:{pattern})|")  # same groups, and matches the empty string
+    except re.error:
+        return  # e.g. global inline flags, which must stay first; re.sub reports a bad template itself
+    try:
+        always.sub(by, "")
+    except (re.error, IndexError) as err:
+        raise UserError(f"{where}: {key}.by: invalid replacement ({err})") from None
+
+
+def _parse_kind(cls, raw, where: str, key: str, combine: str):
+    """YAML → Edit/Metric: a mapping ``{kind: ..., **params}`` or a list (combined by ``combine``)."""
+    if isinstance(raw, cls):
+        return raw
+    if isinstance(raw, list):  # shorthand: children are named key[i], as the user wrote them
+        if not raw:
+            raise UserError(f"{where}: {key}: expected a mapping with 'kind' or a non-empty list of them, got []")
+        children = [cls.parse(v, where, f"{key}[{i}]") for i, v in enumerate(raw)]
+        return cls(combine, {"of" if combine == "all" else "steps": children}, where=where, key=key)
+    if not isinstance(raw, dict):
+        raise UserError(f"{where}: {key}: expected a mapping with 'kind' (or a list of them), got {raw!r}")
+    if "kind" not in raw:
+        raise UserError(f"{where}: {key}.kind: missing (one of: {', '.join(cls.registry())})")
+    if not isinstance(raw["kind"], str):
+        raise UserError(f"{where}: {key}.kind: expected a string, got {raw['kind']!r}")
+    params = {k: v for k, v in raw.items() if k != "kind"}
+    return cls(raw["kind"], params, where=where, key=key)
+
+
+def _params_to_dict(params: dict) -> dict:
+    def conv(v):
+        if isinstance(v, (Edit, Metric)):
+            return v.to_dict()
+        if isinstance(v, list):
+            return [conv(x) for x in v]
+        return v
+    return {k: conv(v) for k, v in params.items()}
+
+
+# ----------------------------------------------------------------------------- edits
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=\S)")
+_FENCE = re.compile(r"```[^\n`]*\n.*?\n?```", re.S)
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences of a reply: split after . ! or ? followed by whitespace (the world's replies are plain)."""
+    return [s.strip() for s in _SENTENCE_END.split(text.strip()) if s.strip()]
+
+
+@dataclass
+class Edit:
+    """A deterministic reply edit: ``kind`` names an entry of ``EDITS``, ``params`` its parameters."""
+
+    kind: str
+    params: dict = field(default_factory=dict)
+    where: dataclasses.InitVar[str] = "Edit"
+    key: dataclasses.InitVar[str] = "edit"
+
+    def __post_init__(self, where: str, key: str):
+        self.params = _check_params(EDITS, "edit", self.kind, dict(self.params), where, key)
+        _check_regex(self.params, where, key)
+        if self.kind == "regex_replace":
+            _check_replacement(self.params["pattern"], self.params["by"], where, key)
+
+    @staticmethod
+    def registry() -> dict:
+        return EDITS
+
+    @classmethod
+    def parse(cls, raw, where: str = "Edit", key: str = "edit") -> "Edit":
+        return _parse_kind(cls, raw, where, key, "sequence")
+
+    def __call__(self, reply: str) -> str:
+        return apply_edit(self, reply)
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, **_params_to_dict(self.params)}
+
+
+def apply_edit(edit: Edit, reply: str) -> str:
+    """Apply ``edit`` to ``reply``; deterministic and idempotent."""
+    return EDITS[edit.kind].fn(reply, **edit.params)
+
+
+@_register(EDITS, "append", text=(str, _REQUIRED))
+def _append(reply: str, text: str) -> str:
+    """Append text to the end of the reply (e.g. " ❤️"), unless it already ends with it."""
+    body = reply.rstrip()
+    return body if body.endswith(text.rstrip()) else body + text.rstrip()
+
+
+@_register(EDITS, "prepend", text=(str, _REQUIRED))
+def _prepend(reply: str, text: str) -> str:
+    """Put text before the reply, verbatim (include your own space or newline), unless already there."""
+    body = reply.lstrip()
+    return body if body.startswith(text.lstrip()) else text.lstrip() + body
+
+
+@_register(EDITS, "start_with", phrase=(str, _REQUIRED), separator=("text", " "))
+def _start_with(reply: str, phrase: str, separator: str = " ") -> str:
+    """Start the reply with a phrase (e.g. "Hey team,") followed by the separator, unless it already does."""
+    body = reply.lstrip()
+    return body if body.lower().startswith(phrase.lower()) else phrase + separator + body
+
+
+@_register(EDITS, "sign_off", text=(str, _REQUIRED), separator=("text", "\n"))
+def _sign_off(reply: str, text: str, separator: str = "\n") -> str:
+    """End the reply with a sign-off after the separator (default a newline), e.g. "Cheers,\\nSam"; once."""
+    body = reply.rstrip()
+    return body if body.endswith(text.strip()) else body + separator + text.strip()
+
+
+@_register(EDITS, "replace_word", word=(str, _REQUIRED), by=(str, _REQUIRED))
+def _replace_word(reply: str, word: str, by: str) -> str:
+    """Replace a whole word or phrase, case-insensitively, by another (e.g. "and" → "&")."""
+    return re.sub(rf"(?<!\w){re.escape(word)}(?!\w)", lambda _: by, reply, flags=re.I)
+
+
+@_register(EDITS, "remove_word", word=(str, _REQUIRED))
+def _remove_word(reply: str, word: str) -> str:
+    """Remove a whole word or phrase (case-insensitive) and the space before it (e.g. "really")."""
+    out = re.sub(rf"[ \t]*(?<!\w){re.escape(word)}(?!\w)", "", reply, flags=re.I)
+    return re.sub(r"(?m)^[ \t]+", "", out)
+
+
+@_register(EDITS, "shorten", sentences=(int, 1))
+def _shorten(reply: str, sentences: int = 1) -> str:
+    """Keep only the first N sentences, with the reply's own spacing and line breaks."""
+    ends = list(_SENTENCE_END.finditer(reply.strip()))
+    return reply.strip() if len(ends) < sentences else reply.strip()[:ends[sentences - 1].start()]
+
+
+@_register(EDITS, "drop_sentences", pattern=(str, _REQUIRED), ignore_case=(bool, True))
+def _drop_sentences(reply: str, pattern: str, ignore_case: bool = True) -> str:
+    """Drop every sentence that the regex matches (re.search), line by line; lines left empty go too."""
+    rx = re.compile(pattern, re.I if ignore_case else 0)
+    lines = []
+    for line in reply.strip().split("\n"):
+        kept = [x for x in split_sentences(line) if not rx.search(x)]
+        if kept or not line.strip():
+            lines.append(" ".join(kept))
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+@_register(EDITS, "code_block_only", language=(str, "python"))
+def _code_block_only(reply: str, language: str = "python") -> str:
+    """Reply with only the first fenced code block; text without one is wrapped in a fenced block."""
+    m = _FENCE.search(reply)
+    if m:
+        return m.group(0)
+    return f"```{language}\n{reply.strip()}\n```"
+
+
+@_register(EDITS, "uppercase")
+def _uppercase(reply: str) -> str:
+    """Write the whole reply in upper case."""
+    return reply.upper()
+
+
+@_register(EDITS, "lowercase")
+def _lowercase(reply: str) -> str:
+    """Write the whole reply in lower case."""
+    return reply.lower()
+
+
+@_register(EDITS, "bullet_points", bullet=(str, "- "))
+def _bullet_points(reply: str, bullet: str = "- ") -> str:
+    """One sentence per line, each starting with the bullet (default "- ")."""
+    lines = [ln.strip() for ln in reply.strip().splitlines() if ln.strip()]
+    if lines and all(ln.startswith(bullet.strip()) for ln in lines):
+        return "\n".join(lines)
+    return "\n".join(bullet + s for s in split_sentences(" ".join(lines)))
+
+
+@_register(EDITS, "replace_text", old=(str, _REQUIRED), new=("text", ""))
+def _replace_text(reply: str, old: str, new: str = "") -> str:
+    """Replace every occurrence of a literal string (case-sensitive), e.g. "!" → "."."""
+    return reply.replace(old, new)
+
+
+@_register(EDITS, "regex_replace", pattern=(str, _REQUIRED), by=("text", ""), ignore_case=(bool, False),
+           multiline=(bool, True))
+def _regex_replace(reply: str, pattern: str, by: str = "", ignore_case: bool = False, multiline: bool = True) -> str:
+    """re.sub(pattern, by, reply); ^ and $ match at line ends unless multiline is false."""
+    flags = (re.I if ignore_case else 0) | (re.M if multiline else 0)
+    return re.sub(pattern, by, reply, flags=flags).strip()
+
+
+@_register(EDITS, "sequence", steps=("edits", _REQUIRED))
+def _sequence(reply: str, steps: list) -> str:
+    """Apply several edits in order (a YAML list of edits means this)."""
+    for step in steps:
+        reply = apply_edit(step, reply)
+    return reply
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+@dataclass
+class Metric:
+    """A quantitative check "does this response follow the feedback?" (the original code's metric kinds)."""
+
+    kind: str
+    params: dict = field(default_factory=dict)
+    where: dataclasses.InitVar[str] = "Metric"
+    key: dataclasses.InitVar[str] = "metric"
+
+    def __post_init__(self, where: str, key: str):
+        self.params = _check_params(METRICS, "metric", self.kind, dict(self.params), where, key)
+        _check_regex(self.params, where, key)
+
+    @staticmethod
+    def registry() -> dict:
+        return METRICS
+
+    @classmethod
+    def parse(cls, raw, where: str = "Metric", key: str = "metric") -> "Metric":
+        return _parse_kind(cls, raw, where, key, "all")
+
+    @property
+    def needs_baseline(self) -> bool:
+        """Length metrics compare with the baseline response."""
+        if self.kind in ("all", "any"):
+            return any(m.needs_baseline for m in self.params["of"])
+        if self.kind == "not":
+            return self.params["metric"].needs_baseline
+        return self.kind in ("shorter_than_baseline", "longer_than_baseline")
+
+    def follows(self, response: str, baseline: str | None = None) -> bool:
+        """Does ``response`` follow the feedback? Length metrics need the ``baseline`` response."""
+        if self.needs_baseline and baseline is None:
+            raise ValueError(f"metric '{self.kind}' compares with the baseline response; pass baseline=")
+        return bool(METRICS[self.kind].fn(response, baseline, **self.params))
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, **_params_to_dict(self.params)}
+
+
+def _length(text: str, unit: str) -> int:
+    return len(text.split()) if unit == "words" else len(text)
+
+
+@_register(METRICS, "shorter_than_baseline", ratio=(float, 1.0), unit=(("chars", "words"), "chars"))
+def _shorter(response, baseline, ratio=1.0, unit="chars"):
+    """len(response) < ratio · len(baseline), in chars or words (the paper's "be more concise")."""
+    return _length(response, unit) < ratio * _length(baseline, unit)
+
+
+@_register(METRICS, "longer_than_baseline", ratio=(float, 1.0), unit=(("chars", "words"), "chars"))
+def _longer(response, baseline, ratio=1.0, unit="chars"):
+    """len(response) > ratio · len(baseline), in chars or words (the paper's "be more detailed")."""
+    return _length(response, unit) > ratio * _length(baseline, unit)
+
+
+def _fold(text: str, ignore_case: bool) -> str:
+    return text.lower() if ignore_case else text
+
+
+@_register(METRICS, "contains_any", strings=("strings", _REQUIRED), ignore_case=(bool, True))
+def _contains_any(response, _baseline, strings, ignore_case=True):
+    """At least one of the strings occurs in the response."""
+    return any(_fold(s, ignore_case) in _fold(response, ignore_case) for s in strings)
+
+
+@_register(METRICS, "contains_all", strings=("strings", _REQUIRED), ignore_case=(bool, True))
+def _contains_all(response, _baseline, strings, ignore_case=True):
+    """Every one of the strings occurs in the response."""
+    return all(_fold(s, ignore_case) in _fold(response, ignore_case) for s in strings)
+
+
+@_register(METRICS, "contains_none", strings=("strings", _REQUIRED), ignore_case=(bool, True))
+def _contains_none(response, _baseline, strings, ignore_case=True):
+    """None of the strings occurs in the response."""
+    return not any(_fold(s, ignore_case) in _fold(response, ignore_case) for s in strings)
+
+
+@_register(METRICS, "starts_with", text=(str, _REQUIRED), ignore_case=(bool, True))
+def _starts_with(response, _baseline, text, ignore_case=True):
+    """The stripped response starts with the text."""
+    return _fold(response.strip(), ignore_case).startswith(_fold(text.strip(), ignore_case))
+
+
+@_register(METRICS, "ends_with", text=(str, _REQUIRED), ignore_case=(bool, True))
+def _ends_with(response, _baseline, text, ignore_case=True):
+    """The stripped response ends with the text."""
+    return _fold(response.strip(), ignore_case).endswith(_fold(text.strip(), ignore_case))
+
+
+@_register(METRICS, "regex", pattern=(str, _REQUIRED), ignore_case=(bool, False), multiline=(bool, False))
+def _regex(response, _baseline, pattern, ignore_case=False, multiline=False):
+    """re.search(pattern, response) finds a match."""
+    flags = (re.I if ignore_case else 0) | (re.M if multiline else 0)
+    return re.search(pattern, response, flags) is not None
+
+
+@_register(METRICS, "uppercase")
+def _is_upper(response, _baseline):
+    """The response has letters and none of them is lower case."""
+    return response.isupper()
+
+
+@_register(METRICS, "lowercase")
+def _is_lower(response, _baseline):
+    """The response has letters and none of them is upper case."""
+    return response.islower()
+
+
+@_register(METRICS, "only_code_block")
+def _only_code_block(response, _baseline):
+    """The response is exactly one fenced code block, with nothing before or after it."""
+    m = _FENCE.fullmatch(response.strip())
+    return m is not None and response.count("```") == 2
+
+
+@_register(METRICS, "no_code_fence")
+def _no_code_fence(response, _baseline):
+    """The response contains no ``` fence."""
+    return "```" not in response
+
+
+@_register(METRICS, "max_sentences", sentences=(int, _REQUIRED))
+def _max_sentences(response, _baseline, sentences):
+    """The response has at most N sentences."""
+    return len(split_sentences(response)) <= sentences
+
+
+@_register(METRICS, "lines_start_with", prefix=(str, _REQUIRED))
+def _lines_start_with(response, _baseline, prefix):
+    """Every non-empty line starts with the prefix (e.g. "- " for bullet points)."""
+    lines = [ln.strip() for ln in response.strip().splitlines() if ln.strip()]
+    return bool(lines) and all(ln.startswith(prefix.strip()) for ln in lines)
+
+
+@_register(METRICS, "all", of=("metrics", _REQUIRED))
+def _all(response, baseline, of):
+    """Every listed metric holds (a YAML list of metrics means this)."""
+    return all(m.follows(response, baseline) for m in of)
+
+
+@_register(METRICS, "any", of=("metrics", _REQUIRED))
+def _any(response, baseline, of):
+    """At least one listed metric holds."""
+    return any(m.follows(response, baseline) for m in of)
+
+
+@_register(METRICS, "not", metric=("metric", _REQUIRED))
+def _not(response, baseline, metric):
+    """The given metric does not hold."""
+    return not metric.follows(response, baseline)
+
+
+# ----------------------------------------------------------------------------- feedback specs
+
+
+@dataclass
+class WorldSpec:
+    """Tiny-world fields of a feedback: which requests it applies to and the edit that applies it."""
+
+    selector: dict
+    """In-scope requests: a world selector ({scenarios, topics, recipients, relations, channels} → lists)."""
+    edit: Edit
+    """The reply edit that applies the feedback (the offline teacher's revision)."""
+    near: list = field(default_factory=list)
+    """Selectors of near-scope requests: related-looking but out of scope; none may select an in-scope request."""
+
+    def to_dict(self) -> dict:
+        return {"selector": _copy_selector(self.selector), "near": [_copy_selector(s) for s in self.near],
+                "edit": self.edit.to_dict()}
+
+
+@dataclass
+class Feedback:
+    """One piece of verbal feedback (C3PO §3): the paper's fields, its metric, and optional world fields."""
+
+    content: str
+    """The feedback sentence, e.g. "Always use a heart emoji when texting my girlfriend Maddie"."""
+    domain: str
+    """Where it applies, in words, e.g. "writing text messages to my girlfriend Maddie" (the teacher's DOMAIN)."""
+    effect: str
+    """What changes, in words, e.g. "use some heart or kiss emoji"."""
+    scope: str
+    """global | regional | local, as in the paper; global feedback has no near scope."""
+    type: str
+    """quantitative (checked by ``metric``) or qualitative (checked by a judge)."""
+    metric: Metric | None = None
+    """Does a response follow the feedback? Required for quantitative feedback."""
+    world: WorldSpec | None = None
+    """Tiny-world selector, near selectors and edit; optional for real use."""
+    categories: list | None = None
+    """Hand-written categories; None lets the teacher propose them."""
+    name: str = ""
+    """File stem, e.g. "heart-emoji-maddie"."""
+    source: str = ""
+    """Path of the YAML file it was loaded from ("" when built in code)."""
+
+    def __post_init__(self):
+        where = self.source or "Feedback"
+        for key in ("content", "domain", "effect"):
+            if not isinstance(getattr(self, key), str) or not getattr(self, key).strip():
+                raise UserError(f"{where}: {key}: expected a non-empty string, got {getattr(self, key)!r}")
+        if self.scope not in SCOPES:
+            raise UserError(f"{where}: scope: expected one of {', '.join(SCOPES)}, got {self.scope!r}")
+        if self.type not in TYPES:
+            raise UserError(f"{where}: type: expected one of {', '.join(TYPES)}, got {self.type!r}")
+        if self.type == "quantitative" and self.metric is None:
+            raise UserError(f"{where}: metric: quantitative feedback needs a metric "
+                            f"(kinds: {', '.join(METRICS)}), or set type: qualitative")
+
+    def follows(self, response: str, baseline: str | None = None) -> bool:
+        """Metric verdict for quantitative feedback; without a metric, whether the world edit leaves it unchanged."""
+        if self.metric is not None:
+            return self.metric.follows(response, baseline)
+        if self.world is not None:
+            return apply_edit(self.world.edit, response).strip() == response.strip()
+        raise ValueError(f"feedback '{self.name or self.content}' has neither a metric nor a world edit: use a judge")
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict in the YAML schema, plus name and source."""
+        out = {"name": self.name, "source": self.source, "content": self.content, "domain": self.domain,
+               "effect": self.effect, "scope": self.scope, "type": self.type,
+               "metric": self.metric.to_dict() if self.metric else None,
+               "categories": list(self.categories) if self.categories is not None else None,
+               "world": self.world.to_dict() if self.world else None}
+        return out
+
+
+_FEEDBACK_KEYS = ("content", "domain", "effect", "scope", "type", "metric", "categories", "world")
+_WORLD_KEYS = ("selector", "near", "edit")
+FEEDBACK_DIR = Path(__file__).parent / "tinyworld" / "feedbacks"
+"""The feedbacks shipped with the tiny world."""
+
+
+def _copy_selector(sel: dict) -> dict:
+    return {k: list(v) for k, v in sel.items()}
+
+
+def _check_keys(raw: dict, known, where: str, prefix: str) -> None:
+    for k in raw:
+        if k not in known:
+            close = difflib.get_close_matches(str(k), list(known), n=1, cutoff=0.6)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f" (known: {', '.join(known)})"
+            raise UserError(f"{where}: {prefix}{k}: unknown key{hint}")
+
+
+def load_feedback(path: str | Path) -> Feedback:
+    """Read and validate one feedback YAML file; every problem is a one-line UserError naming file and key."""
+    path = Path(path)
+    where = str(path)
+    try:
+        raw = yaml_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{where}: feedback file not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{where}: cannot read feedback file ({err})") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"{where}: invalid YAML{line}: {getattr(err, 'problem', err)}") from None
+    if raw is None:
+        raise UserError(f"{where}: feedback file is empty")
+    if not isinstance(raw, dict):
+        raise UserError(f"{where}: expected a mapping of feedback fields ({', '.join(_FEEDBACK_KEYS)}), "
+                        f"got {type(raw).__name__}")
+    _check_keys(raw, _FEEDBACK_KEYS, where, "")
+    for key in ("content", "domain", "effect", "scope", "type"):
+        if key not in raw:
+            raise UserError(f"{where}: {key}: missing required value ({_field_doc(key)})")
+        if not isinstance(raw[key], str):
+            raise UserError(f"{where}: {key}: expected a string, got {raw[key]!r}")
+    metric = Metric.parse(raw["metric"], where, "metric") if raw.get("metric") is not None else None
+    categories = raw.get("categories")
+    if categories is not None:
+        categories = _check_value(categories, "strings", where, "categories")
+    world = _parse_world(raw["world"], where) if raw.get("world") is not None else None
+    fb = Feedback(raw["content"], raw["domain"], raw["effect"], raw["scope"], raw["type"], metric=metric,
+                  world=world, categories=categories, name=path.stem, source=where)
+    if world is not None:
+        _check_near(fb, where)
+    return fb
+
+
+def _field_doc(name: str) -> str:
+    return {"content": "the feedback sentence", "domain": "where it applies, in words",
+            "effect": "what changes, in words", "scope": f"one of {', '.join(SCOPES)}",
+            "type": f"one of {', '.join(TYPES)}"}[name]
+
+
+def load_feedbacks(sources) -> list[Feedback]:
+    """Load feedbacks from a directory (its *.yaml files, sorted), a file, a shipped name, or a list of those."""
+    if isinstance(sources, (str, Path)):
+        sources = [sources]
+    paths: list[Path] = []
+    for src in sources:
+        p = Path(src)
+        if p.is_dir():
+            found = sorted([*p.glob("*.yaml"), *p.glob("*.yml")])
+            if not found:
+                raise UserError(f"{p}: no feedback files (*.yaml) in this directory")
+            paths += found
+        elif p.exists():
+            paths.append(p)
+        elif (FEEDBACK_DIR / f"{src}.yaml").exists():
+            paths.append(FEEDBACK_DIR / f"{src}.yaml")
+        else:
+            shipped = sorted(q.stem for q in FEEDBACK_DIR.glob("*.yaml"))
+            raise UserError(f"{src}: no such feedback file or shipped feedback{_hint(str(src), shipped)}")
+    feedbacks = [load_feedback(p) for p in paths]
+    seen: dict[str, str] = {}
+    for fb in feedbacks:
+        if fb.name in seen:
+            raise UserError(f"{fb.source}: feedback name '{fb.name}' already used by {seen[fb.name]}; rename one file")
+        seen[fb.name] = fb.source
+    return feedbacks
+
+
+# ----------------------------------------------------------------------------- world selectors
+
+
+def _parse_world(raw, where: str) -> WorldSpec:
+    if not isinstance(raw, dict):
+        raise UserError(f"{where}: world: expected a mapping with {', '.join(_WORLD_KEYS)}, got {raw!r}")
+    _check_keys(raw, _WORLD_KEYS, where, "world.")
+    for key in ("selector", "edit"):
+        if key not in raw:
+            raise UserError(f"{where}: world.{key}: missing required value ({_world_doc(key)})")
+    selector = _parse_selector(raw["selector"], where, "world.selector")
+    near_raw = raw.get("near") or []
+    if not isinstance(near_raw, list):
+        raise UserError(f"{where}: world.near: expected a list of selectors, got {near_raw!r}")
+    near = [_parse_selector(s, where, f"world.near[{i}]") for i, s in enumerate(near_raw)]
+    edit = Edit.parse(raw["edit"], where, "world.edit")
+    return WorldSpec(selector=selector, edit=edit, near=near)
+
+
+def _world_doc(name: str) -> str:
+    return {"selector": "the world selector of in-scope requests, e.g. {scenarios: [email], recipients: [Alan]}",
+            "edit": f"the reply edit that applies the feedback, e.g. {{kind: append, text: ' ❤️'}}; "
+                    f"kinds: {', '.join(EDITS)}"}[name]
+
+
+def _parse_selector(raw, where: str, key: str) -> dict:
+    """Validate a selector: known keys, each a list of values the world knows."""
+    if not isinstance(raw, dict):
+        raise UserError(f"{where}: {key}: expected a mapping of {', '.join(SELECTOR_KEYS)} to lists, got {raw!r}")
+    _check_keys(raw, SELECTOR_KEYS, where, f"{key}.")
+    known = world_values()
+    out = {}
+    for k, values in raw.items():
+        values = _check_value(values, "strings", where, f"{key}.{k}")
+        for v in values:
+            if v not in known[k]:
+                what = {"scenarios": "scenario", "topics": "topic", "recipients": "person",
+                        "relations": "relation", "channels": "channel"}[k]
+                hint = _hint(v, sorted(known[k]))
+                raise UserError(f"{where}: {key}.{k}: unknown {what} '{v}' in the tiny world{hint}")
+        out[k] = values
+    return out
+
+
+def world_values() -> dict:
+    """Values the tiny world knows for each selector key."""
+    from rlvf.tinyworld import world
+
+    return {
+        "scenarios": set(world.SCENARIOS),
+        "topics": {t for ts in world.TOPICS.values() for t in ts},
+        "recipients": set(world.PEOPLE),
+        "relations": {rel for rel, _ in world.PEOPLE.values()},
+        "channels": set(world.CHANNEL_OF.values()),
+    }
+
+
+def world_slots() -> list:
+    """Every (scenario, topic, recipient, relation, channel) the world can generate, as prompt-less Requests.
+
+    A messaging scenario goes to each person reachable on its channel, about any message topic
+    (``sample_request`` accepts any such pin); the other scenarios have a topic only.
+    """
+    from rlvf.tinyworld import world
+
+    out = []
+    for scenario in world.SCENARIOS:
+        channel = world.CHANNEL_OF.get(scenario)
+        for topic in world.TOPICS[scenario]:
+            if channel is None:
+                out.append(world.Request(scenario, "", topic))
+                continue
+            for person, (relation, channels) in world.PEOPLE.items():
+                if channel in channels:
+                    out.append(world.Request(scenario, "", topic, person, relation, channel))
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def _world_slots_cached() -> tuple:
+    return tuple(world_slots())
+
+
+def matches(request, selector: dict) -> bool:
+    """Does ``request`` match ``selector``? Every given key must list the request's value (world.matches)."""
+    from rlvf.tinyworld import world
+
+    return world.matches(request, selector)
+
+
+def sample_from_selector(rng, selector: dict, exclude: dict | None = None, tries: int = 200):
+    """A world request matching ``selector`` (and not ``exclude``), drawn with pins taken from the selector.
+
+    Each try picks a scenario among those the selector allows and one value of each of its
+    topics / recipients / relations / channels, then calls ``world.sample_request``; pins the world
+    cannot satisfy together are redrawn. Raises ValueError after ``tries`` misses.
+    """
+    from rlvf.tinyworld import world
+
+    scenarios = list(selector.get("scenarios") or world.SCENARIOS)
+    for _ in range(tries):
+        pins = {SELECTOR_KEYS[k]: rng.choice(list(v)) for k, v in sorted(selector.items()) if k != "scenarios"}
+        if "recipient" in pins:
+            pins.pop("relation", None)  # the person fixes the relation; matches() re-checks it
+        try:
+            request = world.sample_request(rng, rng.choice(scenarios), **pins)
+        except ValueError:
+            continue
+        if matches(request, selector) and not (exclude is not None and matches(request, exclude)):
+            return request
+    raise ValueError(f"no world request matches {selector} after {tries} tries")
+
+
+def _describe(r) -> str:
+    who = f" to {r.recipient} ({r.relation})" if r.recipient else ""
+    return f"{r.scenario}{who} about {r.topic}"
+
+
+def _check_near(fb: Feedback, where: str) -> None:
+    """Each near selector must select some world request, and never an in-scope one."""
+    slots = _world_slots_cached()
+    in_sc = [matches(r, fb.world.selector) for r in slots]
+    if not any(in_sc):
+        raise UserError(f"{where}: world.selector: selects no request the tiny world can generate; "
+                        f"check that its scenarios, people and topics go together")
+    for i, sel in enumerate(fb.world.near):
+        hits = [(r, s) for r, s in zip(slots, in_sc) if matches(r, sel)]
+        if not hits:
+            raise UserError(f"{where}: world.near[{i}]: selects no request the tiny world can generate; "
+                            f"check that its scenarios, people and topics go together")
+        inside = [r for r, s in hits if s]
+        if len(inside) == len(hits):
+            raise UserError(f"{where}: world.near[{i}]: can only produce in-scope requests "
+                            f"(e.g. {_describe(inside[0])}); near scope must lie outside world.selector")
+        if inside:
+            raise UserError(f"{where}: world.near[{i}]: also selects in-scope requests (e.g. {_describe(inside[0])}); "
+                            f"narrow it so that no near-scope request matches world.selector")
+
+
+def in_scope(feedback: Feedback, request) -> bool:
+    """Does ``feedback`` apply to this world ``request``?"""
+    if feedback.world is None:
+        raise ValueError(f"feedback '{feedback.name or feedback.content}' has no world spec")
+    return matches(request, feedback.world.selector)
+
+
+def near_selectors(feedback: Feedback) -> list:
+    """The near-scope selectors of ``feedback`` (copies); none for global feedback or without a world spec."""
+    if feedback.world is None or feedback.scope == "global":
+        return []
+    return [_copy_selector(s) for s in feedback.world.near]
+
+
+def in_near_scope(feedback: Feedback, request) -> bool:
+    """Is ``request`` near scope: matched by a near selector (and, by validation, out of scope)?"""
+    return any(matches(request, s) for s in near_selectors(feedback)) and not in_scope(feedback, request)
