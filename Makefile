@@ -16,7 +16,6 @@ $(VENV)/.installed: setup.py constraints-cpu.txt
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(PY) -m rlvf.tiny --out runs/tiny-llama --corpus 'configs/data/maddie-heart/*.jsonl'
 	rm -rf runs/demo-c3po
 	$(PY) -m rlvf.train --config configs/demo.yaml
 

@@ -372,14 +372,15 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise UserError(f"--set {text}: value is not valid YAML ({err.problem})") from None
 
 
-def read_yaml(path: str | Path) -> dict:
+def read_yaml(path: str | Path, what: str = "config") -> dict:
+    """A YAML file holding a mapping (YAML 1.2 floats); every problem is a one-line UserError."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise UserError(f"{path}: config file not found") from None
+        raise UserError(f"{path}: {what} file not found") from None
     except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: cannot read config ({err})") from None
+        raise UserError(f"{path}: cannot read {what} file ({err})") from None
     try:
         raw = yaml_load(text)
     except yaml.YAMLError as err:
@@ -387,7 +388,7 @@ def read_yaml(path: str | Path) -> dict:
         line = f" at line {mark.line + 1}" if mark else ""
         raise UserError(f"{path}: invalid YAML{line}: {getattr(err, 'problem', err)}") from None
     if raw is None:
-        raise UserError(f"{path}: config file is empty")
+        raise UserError(f"{path}: {what} file is empty")
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
     return raw

@@ -37,9 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
 
-from rlvf.config import yaml_load
+from rlvf.config import read_yaml
 from rlvf.errors import UserError
 
 SCOPES = ("global", "regional", "local")
@@ -595,21 +594,7 @@ def load_feedback(path: str | Path) -> Feedback:
     """Read and validate one feedback YAML file; every problem is a one-line UserError naming file and key."""
     path = Path(path)
     where = str(path)
-    try:
-        raw = yaml_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{where}: feedback file not found") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"{where}: cannot read feedback file ({err})") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = f" at line {mark.line + 1}" if mark else ""
-        raise UserError(f"{where}: invalid YAML{line}: {getattr(err, 'problem', err)}") from None
-    if raw is None:
-        raise UserError(f"{where}: feedback file is empty")
-    if not isinstance(raw, dict):
-        raise UserError(f"{where}: expected a mapping of feedback fields ({', '.join(_FEEDBACK_KEYS)}), "
-                        f"got {type(raw).__name__}")
+    raw = read_yaml(path, "feedback")
     _check_keys(raw, _FEEDBACK_KEYS, where, "")
     for key in ("content", "domain", "effect", "scope", "type"):
         if key not in raw:

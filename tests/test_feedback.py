@@ -244,7 +244,7 @@ def test_bad_yaml_one_line_error(tmp_path, old, new, expected):
 
 
 def test_bad_top_level_and_missing_file(tmp_path):
-    with pytest.raises(UserError, match=r"fb.yaml: expected a mapping of feedback fields"):
+    with pytest.raises(UserError, match=r"fb.yaml: expected a mapping at the top level"):
         load_feedback(_write(tmp_path, "- a\n- b\n"))
     with pytest.raises(UserError, match=r"nope.yaml: feedback file not found"):
         load_feedback(tmp_path / "nope.yaml")
