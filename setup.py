@@ -26,6 +26,7 @@ setup(
         "numpy>=1.24",
         "pyyaml>=6.0",
         "tqdm>=4.66",
+        "matplotlib>=3.7",  # the evaluation report's bar chart
     ],
     extras_require={
         # peft is a test oracle only (adapter format), never imported by rlvf itself.

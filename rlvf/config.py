@@ -268,6 +268,12 @@ def _coerce(value, tp, key: str, where: str):
     raise TypeError(f"unsupported annotation {tp!r} for {key}")
 
 
+def _shallow(obj) -> dict:
+    """A dataclass instance's fields as a dict, nested dataclasses kept as dicts."""
+    return {f.name: (dataclasses.asdict(v) if dataclasses.is_dataclass(v := getattr(obj, f.name)) else v)
+            for f in dataclasses.fields(obj)}
+
+
 def _unknown_key(cls, key: str, name: str, where: str) -> UserError:
     names = [f.name for f in dataclasses.fields(cls)]
     close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
@@ -285,10 +291,17 @@ def _build(cls, raw: dict, prefix: str, where: str):
     kwargs = {}
     for f in dataclasses.fields(cls):
         key = f"{prefix}.{f.name}" if prefix else f.name
-        if f.name in raw:
-            kwargs[f.name] = _coerce(raw[f.name], hints[f.name], key, where)
-        elif dataclasses.is_dataclass(hints[f.name]):  # a missing section still has required keys
-            kwargs[f.name] = _build(hints[f.name], {}, key, where)
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp) and f.default_factory is not dataclasses.MISSING:
+            # a section given in part keeps the defaults of the keys it leaves out (and a missing
+            # section still has its required keys checked)
+            given = raw.get(f.name, {})
+            if not isinstance(given, dict):
+                raise UserError(f"{where}: {key}: expected a mapping of {tp.__name__} fields, got {given!r}")
+            defaults = {k: v for k, v in _shallow(f.default_factory()).items() if v is not REQUIRED}
+            kwargs[f.name] = _build(tp, {**defaults, **given}, key, where)
+        elif f.name in raw:
+            kwargs[f.name] = _coerce(raw[f.name], tp, key, where)
         elif f.default is REQUIRED:
             raise UserError(f"{where}: {key}: missing required value ({field_doc(cls, f.name)})")
     return cls(**kwargs)
@@ -343,9 +356,9 @@ def validate(cfg: Config, where: str) -> Config:
 # ----------------------------------------------------------------------------- loading
 
 
-def _set_dotted(raw: dict, key: str, value, where: str) -> None:
+def _set_dotted(raw: dict, key: str, value, where: str, root=None) -> None:
     """Set ``raw[a][b][c] = value`` for key 'a.b.c', checking each part names a config field."""
-    cls, node, parts = Config, raw, key.split(".")
+    cls, node, parts = root or Config, raw, key.split(".")
     for i, part in enumerate(parts):
         names = {f.name: f for f in dataclasses.fields(cls)}
         if part not in names:
@@ -394,17 +407,22 @@ def read_yaml(path: str | Path, what: str = "config") -> dict:
     return raw
 
 
-def config_from_dict(raw: dict, where: str) -> Config:
-    return validate(_build(Config, raw, "", where), where)
+def config_from_dict(raw: dict, where: str, cls=None) -> Config:
+    cfg = _build(cls or Config, raw, "", where)
+    validate(cfg, where)
+    if hasattr(cfg, "validate_more"):  # subclasses add sections with checks of their own
+        cfg.validate_more(where)
+    return cfg
 
 
-def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
-    """Read, override, type-check and validate a YAML config. Raises UserError."""
+def load_config(path: str | Path, overrides: list[str] = (), cls=None) -> Config:
+    """Read, override, type-check and validate a YAML config (``cls``: Config or a subclass
+    adding sections, such as rlvf.pipeline_config.PipelineConfig). Raises UserError."""
     raw = read_yaml(path)
     for text in overrides:
         key, value = parse_override(text)
-        _set_dotted(raw, key, value, f"--set {text}")
-    cfg = config_from_dict(raw, str(path))
+        _set_dotted(raw, key, value, f"--set {text}", cls)
+    cfg = config_from_dict(raw, str(path), cls)
     for run in expand_sweep(cfg, str(path)):  # check every sweep point up front
         pass
     return cfg
@@ -414,10 +432,13 @@ def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def save_config(cfg: Config, path: str | Path) -> None:
-    """Write the resolved config (all defaults filled in, no sweep section) as YAML."""
+def save_config(cfg: Config, path: str | Path, sections: tuple[str, ...] | None = None) -> None:
+    """Write the resolved config (all defaults filled in, no sweep section) as YAML; ``sections``
+    keeps only those top-level keys."""
     data = to_dict(cfg)
     data.pop("sweep", None)
+    if sections is not None:
+        data = {k: v for k, v in data.items() if k in sections}
     Path(path).write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
 
 
@@ -453,9 +474,9 @@ def expand_sweep(cfg: Config, where: str) -> list[tuple[str, Config]]:
     for point in points:
         raw = copy.deepcopy(base)
         for key, value in point:
-            _set_dotted(raw, key, value, f"{where}: sweep")
+            _set_dotted(raw, key, value, f"{where}: sweep", type(cfg))
         name = ",".join(f"{k}={_format_value(v)}" for k, v in point)
-        run = config_from_dict(raw, f"{where} (sweep point {name})")
+        run = config_from_dict(raw, f"{where} (sweep point {name})", type(cfg))
         run.output_dir = str(Path(cfg.output_dir) / name)
         runs.append((name, run))
     names = [n for n, _ in runs]

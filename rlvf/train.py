@@ -40,6 +40,10 @@ _RESUME_FREE = {"train.stop_at_step", "train.progress", "train.report_to", "trai
                 "train.save_every", "train.save_total_limit", "train.log_every", "train.device"}
 
 
+# The config sections a training run depends on (a pipeline config adds others, e.g. eval).
+_TRAINING_SECTIONS = ("model", "data", "lora", "method", "train")
+
+
 @dataclass
 class RefLogps:
     """Reference-policy log-probs of every DPO pair, summed over completion tokens: (n_pairs,) each."""
@@ -226,11 +230,8 @@ def _diverged(step: int, what: str, run_dir: Path) -> UserError:
 def _check_resume_config(cfg: Config, run_dir: Path) -> None:
     saved = read_yaml(run_dir / "config.yaml")
     now = to_dict(cfg)
-    for section, values in now.items():
-        if section == "sweep" or not isinstance(values, dict):
-            if section != "sweep" and saved.get(section) != values:
-                raise UserError(f"{run_dir / 'config.yaml'}: {section} differs from the run being resumed")
-            continue
+    for section in _TRAINING_SECTIONS:
+        values = now[section]
         for key, value in values.items():
             dotted = f"{section}.{key}"
             old = saved.get(section, {}).get(key)
@@ -298,7 +299,7 @@ def train(cfg: Config, resume: bool = False) -> Path:
 
     run_dir.mkdir(parents=True, exist_ok=True)
     if not (run_dir / "config.yaml").is_file():
-        save_config(cfg, run_dir / "config.yaml")
+        save_config(cfg, run_dir / "config.yaml", sections=("output_dir",) + _TRAINING_SECTIONS)
     pad_id = tokenizer.pad_token_id
     ref = val_ref = None
     if train_s.pairs:
