@@ -15,9 +15,11 @@ $(VENV)/.installed: setup.py constraints-cpu.txt
 
 install: $(VENV)/.installed
 
+# The main job on the embedded default: offline teacher + shipped tiny model served on loopback,
+# sampling over HTTP, C3PO training, evaluation (prints S_in / S_near / S_out / S_overall).
 demo: $(VENV)/.installed
-	rm -rf runs/demo-c3po
-	$(PY) -m rlvf.train --config configs/demo.yaml
+	rm -rf runs/tinyworld/heart-emoji-maddie
+	$(PY) -m rlvf.pipeline --config configs/tinyworld-c3po.yaml
 
 # pytest exits 5 when it collects no tests: that is a broken suite, reported and failed here.
 test: $(VENV)/.installed

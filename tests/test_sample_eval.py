@@ -1,0 +1,138 @@
+"""Data generation over HTTP on the offline teacher, the paper's scores, and the whole pipeline."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rlvf.config import load_config
+from rlvf.data import SCOPES, read_rows, scope_file
+from rlvf.evaluate import h_metric, scores, table, write_reports
+from rlvf.feedback import load_feedbacks
+from rlvf.pipeline_config import PipelineConfig
+from rlvf.sample import cot_answer, split
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pipeline_config(tmp_path, model_dir, feedback="heart-emoji-maddie", **sections) -> Path:
+    raw = {
+        "feedback": [feedback],
+        "serve": {"teacher": True, "student": True},
+        "model": {"path": str(model_dir), "dtype": "float32"},
+        "data": {"dirs": [str(tmp_path / "data")], "max_length": 256, "max_prompt_length": 96, "val_fraction": 0.1},
+        "output_dir": str(tmp_path / "run"),
+        "sample": {"categories": 2, "in_scope_per_category": 4, "near_scope_per_category": 4, "out_of_scope": 8,
+                   "student_sampling": {"temperature": 0.0, "max_tokens": 24}},
+        "lora": {"r": 4, "alpha": 8},
+        "train": {"max_steps": 2, "batch_size": 2, "progress": False},
+        "eval": {"methods": ["base", "adapter", "in_context", "cot", "revised"],
+                 "sampling": {"temperature": 0.0, "max_tokens": 24}},
+    }
+    for key, value in sections.items():
+        raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def test_scores_match_hand_computation():
+    h = {"in_scope": [1, 1, 0, -1], "near_scope": [0, 1, -1, 0], "out_of_scope": [0, 0, 0, 1, 0]}
+    s = scores(h)
+    assert s["S_in"] == pytest.approx(0.25)  # (1 + 1 + 0 − 1) / 4
+    assert s["S_near"] == pytest.approx(0.5)  # (0 + 1 + 1 + 0) / 4
+    assert s["S_general"] == pytest.approx(0.2)  # 1 / 5
+    assert s["S_out"] == pytest.approx(3 / 9)  # |h| over the 9 near and out prompts
+    assert s["S_overall"] == pytest.approx((0.25 + 1 - 1 / 3) / 2)
+    assert scores({"in_scope": [], "near_scope": [], "out_of_scope": []})["S_overall"] is None
+
+
+def test_h_from_the_metric():
+    (fb,) = load_feedbacks(["heart-emoji-maddie"])
+    base, hearted = "Hi Maddie, see you at 7.", "Hi Maddie, see you at 7. ❤️"
+    assert h_metric(fb, hearted, base) == 1 and h_metric(fb, base, hearted) == -1
+    assert h_metric(fb, base, base) == 0 and h_metric(fb, hearted, hearted) == 0
+    (concise,) = load_feedbacks(["concise-email-alan"])  # a length metric: compared with each other
+    assert h_metric(concise, "Alan, done.", "Hi Alan, it is done. Best regards") == 1
+    assert h_metric(concise, "same", "same") == 0
+
+
+def test_reports_are_written(tmp_path):
+    entry = lambda s_in: {"scores": scores({"in_scope": [s_in], "near_scope": [0], "out_of_scope": [0]})}  # noqa: E731
+    results = {"fb-a": {"dpo": entry(1), "c3po": entry(0)}, "fb-b": {"dpo": entry(0), "c3po": entry(1)}}
+    md = write_reports(results, tmp_path)
+    assert "| **mean** | c3po | 0.500 |" in md
+    assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((tmp_path / "results.json").read_text())["fb-a"]["dpo"]["scores"]["S_in"] == 1
+    assert len(table(results).splitlines()) == 2 + 4 + 2  # header, 4 rows, a mean per method
+
+
+def test_helpers():
+    assert cot_answer("I think it applies.\nRESPONSE: Hi ❤️") == "Hi ❤️"
+    assert cot_answer("no marker") == "no marker"
+    train, test = split(list(range(10)), 0.2, seed=1)
+    assert len(test) == 2 and sorted(train + test) == list(range(10)) and split([1], 0.5, 0) == ([1], [])
+
+
+def test_sample_and_eval_on_the_offline_teacher(tmp_path, tiny_model_dir):
+    """The documented files come out of sampling; evaluation scores every method."""
+    from rlvf.pipeline import run
+
+    path = pipeline_config(tmp_path, tiny_model_dir)
+    cfg = load_config(path, [], PipelineConfig)
+    results = run(cfg, ["sample", "train", "eval"], str(path))
+    data = tmp_path / "data"
+    (fb,) = load_feedbacks(cfg.feedback)
+    for scope in SCOPES:
+        for split_name in ("train", "test"):
+            rows = read_rows(scope_file(data, scope, split_name), ("baseline",))
+            assert rows, (scope, split_name)
+            for row in rows:
+                assert {"id", "prompt", "category", "baseline"} <= set(row)
+                if scope == "in_scope":
+                    assert fb.follows(row["revised"], row["baseline"])
+                if split_name == "test":
+                    assert {"in_context", "cot", "revised"} <= set(row)
+    meta = json.loads((data / "sample_meta.json").read_text())
+    assert meta["counts"]["in_scope_train"] + meta["counts"]["in_scope_test"] + meta["filtered_pairs"] <= 8
+    assert meta["unparsed"] == [] and meta["request_failures"] == []
+    per = results["heart-emoji-maddie"]
+    assert set(per) == {"base", "adapter", "in_context", "cot", "revised"}
+    assert per["revised"]["scores"]["S_in"] == 1.0 and per["revised"]["scores"]["S_out"] == 0.0
+    assert per["base"]["scores"]["S_in"] == 0.0  # greedy base = the greedy baseline responses
+    for name in ("results.json", "report.md", "chart.png"):
+        assert (tmp_path / "run" / "eval" / name).is_file()
+
+
+def test_pipeline_errors_are_one_line(tmp_path, tiny_model_dir, capsys):
+    from rlvf.pipeline import main
+
+    cases = [
+        ({"feedback": "no-such-feedback"}, "no-such-feedback: no such feedback"),
+        ({"serve": {"teacher": False}}, "teacher: the sample stage needs"),
+        ({"eval": {"methods": ["magic"]}}, "eval.methods: unknown 'magic'"),
+    ]
+    for change, fragment in cases:
+        path = pipeline_config(tmp_path, tiny_model_dir, **change)
+        with pytest.raises(SystemExit) as exc:
+            main(["--config", str(path)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exc.value.code == 2 and fragment in err[-1]
+        assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.slow
+def test_main_job_runs_end_to_end(tmp_path):
+    """The README's main job on the embedded default (shipped model, offline teacher)."""
+    out = tmp_path / "tw"
+    proc = subprocess.run(
+        [sys.executable, "-m", "rlvf.pipeline", "--config", str(ROOT / "configs" / "tinyworld-c3po.yaml"),
+         "--set", f"data.dirs=[{out / 'data'}]", "--set", f"output_dir={out / 'run'}", "--set", "train.progress=false"],
+        capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| heart-emoji-maddie | adapter |" in proc.stdout
+    assert (out / "run" / "eval" / "chart.png").is_file()
