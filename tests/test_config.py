@@ -145,5 +145,7 @@ def test_shipped_configs_load():
     root = Path(__file__).resolve().parent.parent / "configs"
     files = sorted(root.glob("*.yaml"))
     assert files
+    from rlvf.pipeline_config import PipelineConfig
+
     for path in files:
-        load_config(path)
+        load_config(path, [], PipelineConfig)
