@@ -21,6 +21,7 @@ The folder format is PEFT's (peft 0.21, ``PeftModel.save_pretrained``), which vL
 from __future__ import annotations
 
 import collections
+from dataclasses import dataclass
 import contextlib
 import json
 import math
@@ -567,23 +568,47 @@ def load_adapter(
     """
     adapter_dir = Path(adapter_dir)
     _refuse_second_adapter(model, f"load_adapter({adapter_dir})")
-    config = _read_config(adapter_dir)
-    weights = _read_weights(adapter_dir)
-    file = adapter_dir / WEIGHTS_NAME
-    plan = []  # (path, base layer, r, alpha)
+    config, plan = read_adapter(model, adapter_dir)
+    drop = config.get("lora_dropout", 0.0) if dropout is None else dropout
+    for m in plan:
+        module = LoRALinear(m.base, m.r, m.alpha, drop, m.use_rslora)
+        with torch.no_grad():
+            module.lora_A.weight.copy_(m.lora_A)
+            module.lora_B.weight.copy_(m.lora_B)
+        _replace(model, m.path, module)
+    _freeze_base(model, lora_trainable=trainable)
+    return [m.path for m in plan]
+
+
+@dataclass
+class AdapterModule:
+    """One module of an adapter folder, checked against the model it is for."""
+
+    path: str  # module path in the model
+    base: nn.Linear  # the layer it adapts
+    lora_A: torch.Tensor  # (r, in)
+    lora_B: torch.Tensor  # (out, r)
+    r: int
+    alpha: float
+    use_rslora: bool
+
+    @property
+    def scaling(self) -> float:
+        return _scaling(self.alpha, self.r, self.use_rslora)
+
+
+def read_adapter(model: nn.Module, adapter_dir: str | Path) -> tuple[dict, list[AdapterModule]]:
+    """Read a PEFT LoRA folder and check it against ``model`` without changing the model:
+    (adapter_config, modules sorted by path). Raises UserError naming the file and the problem."""
+    adapter_dir = Path(adapter_dir)
+    config, weights = _read_config(adapter_dir), _read_weights(adapter_dir)
+    file, rslora, plan = adapter_dir / WEIGHTS_NAME, bool(config.get("use_rslora", False)), []
     for path in sorted(weights):
         base = _linear_for_key(model, path, file)
         r = _check_shapes(file, path, weights[path], config, base.in_features, base.out_features)
-        plan.append((path, base, r, _module_rank_alpha(config, path)[1]))
-    drop = config.get("lora_dropout", 0.0) if dropout is None else dropout
-    for path, base, r, alpha in plan:
-        module = LoRALinear(base, r, alpha, drop, bool(config.get("use_rslora", False)))
-        with torch.no_grad():
-            module.lora_A.weight.copy_(weights[path]["lora_A"])
-            module.lora_B.weight.copy_(weights[path]["lora_B"])
-        _replace(model, path, module)
-    _freeze_base(model, lora_trainable=trainable)
-    return [path for path, *_ in plan]
+        plan.append(AdapterModule(path, base, weights[path]["lora_A"], weights[path]["lora_B"], r,
+                                  _module_rank_alpha(config, path)[1], rslora))
+    return config, plan
 
 
 # ----------------------------------------------------------------------------------------------

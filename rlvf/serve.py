@@ -332,14 +332,8 @@ def _read_adapter(model, path: Path) -> dict[str, tuple[torch.Tensor, torch.Tens
     """An adapter folder checked against ``model`` with rlvf.lora's checks; scaling folded into A."""
     from rlvf import lora
 
-    config, weights = lora._read_config(path), lora._read_weights(path)
-    file, out = path / lora.WEIGHTS_NAME, {}
-    for module in sorted(weights):
-        base = lora._linear_for_key(model, module, file)
-        r = lora._check_shapes(file, module, weights[module], config, base.in_features, base.out_features)
-        s = lora._scaling(lora._module_rank_alpha(config, module)[1], r, bool(config.get("use_rslora")))
-        out[module] = (s * weights[module]["lora_A"].float(), weights[module]["lora_B"].float())
-    return out
+    _, modules = lora.read_adapter(model, path)
+    return {m.path: (m.scaling * m.lora_A.float(), m.lora_B.float()) for m in modules}
 
 
 class HFBackend:

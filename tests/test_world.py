@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from rlvf.tinyworld import world as w
-from rlvf.tinyworld.world import (CHANNEL_OF, EMAIL_CLOSINGS, MESSAGING, PEOPLE, SCENARIOS, TOPICS, Request,
+from rlvf.tinyworld.world import (CHANNEL_OF, EMAIL_CLOSINGS, MESSAGING, PEOPLE, SCENARIOS, TEXT_EMOJI, TOPICS, Request,
                                   baseline_reply, corpus, held_out_requests, matches, on_topic, parse_request,
                                   sample_request)
 
@@ -172,6 +172,9 @@ def test_parse_request_accepts_only_strings():
 def test_replies_are_plain_and_short(pairs):
     for r, y in pairs:
         assert y.strip() == y and y
+        if r.channel == "text":  # texts may end with one emoji (world.TEXT_EMOJI), nothing else
+            y = y.removesuffix(next((" " + e for e in {*sum(TEXT_EMOJI.values(), ()), "👍", "🙂"}
+                                     if y.endswith(" " + e)), ""))
         assert y.isascii() and not EMOJI.search(y)
         assert y != y.upper()
         assert not re.match(r"(?i)(sure|of course|certainly|great question|absolutely)\b", y)

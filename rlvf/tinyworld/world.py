@@ -27,13 +27,16 @@ Templates are compiled into regexes over the known names and topics, so ``parse_
 
 What replies look like (so that feedbacks have something to change):
   * texts and Slack DMs: a greeting naming the recipient ("Hi Maddie, ...", "Hey Mom! ...") and 1-4
-    plain sentences; never an emoji, never a sign-off at the end.
+    plain sentences; never a sign-off at the end. About one text in eight ends with an emoji, as
+    a real model's texts sometimes do (``TEXT_EMOJI``: by relation, so the model knows the emoji
+    tokens; never a heart or a laughing face to the people whose feedbacks ask for those: Maddie
+    gets at most a smile, family gets hearts, friends laugh). Slack DMs and everything else: none.
   * emails: a "Subject:" line, a salutation ("Hi Alan,", "Dear team,"), a 1-4 sentence body and, in
     about one email in twelve, the only closing the world writes: ``EMAIL_CLOSINGS`` ("Best regards"),
     without a name.
   * python_code: one explanatory sentence and one short fenced ```python block (either order); no
     other scenario ever writes a code fence.
-  * poems: 3-4 short lines; everything else: 1-4 plain sentences. All replies are ASCII, in sentence
+  * poems: 3-4 short lines; everything else: 1-4 plain sentences. All replies but those texts are ASCII, in sentence
     case, at most ~60 words, and open in varied ways (no fixed "Sure!" / "Great question").
 """
 from __future__ import annotations
@@ -1274,11 +1277,25 @@ def _message_body(rng: random.Random, topic: str, openers: tuple[str, ...], clos
     return body
 
 
+# Emoji a text may end with, by the recipient's relation (see the module docstring).
+TEXT_EMOJI_RATE = 0.125
+TEXT_EMOJI = {
+    "girlfriend": ("😊",),
+    "mom": ("❤️", "😊"), "dad": ("❤️", "😊"), "grandma": ("❤️", "😊"), "grandpa": ("❤️", "😊"),
+    "sister": ("❤️", "😂", "😊"), "cousin": ("😂", "😊", "🎉"), "brother": ("😊", "👍"),
+    "friend": ("😂", "😊", "🎉", "👍"), "roommate": ("😂", "👍"), "neighbor": ("😊", "👍"),
+}
+_WORK_EMOJI = ("👍", "🙂")
+
+
 def _chat_reply(rng: random.Random, request: Request) -> str:
     greetings = _SLACK_GREETINGS if request.channel == "slack" else _TEXT_GREETINGS
     greeting = rng.choice(greetings).format(a=_address(request.recipient))
     first, *rest = _message_body(rng, request.topic, (), _MESSAGE_CLOSERS)
-    return " ".join([_after_greeting(greeting, first), *rest])
+    text = " ".join([_after_greeting(greeting, first), *rest])
+    if request.channel == "text" and rng.random() < TEXT_EMOJI_RATE:
+        text += " " + rng.choice(TEXT_EMOJI.get(request.relation, _WORK_EMOJI))
+    return text
 
 
 def _subject(rng: random.Random, topic: str) -> str:
