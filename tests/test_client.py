@@ -57,7 +57,8 @@ def test_every_sampling_parameter_is_sent_explicitly(secret_env):
         results, failures = client.run([ChatRequest("a", [{"role": "user", "content": "hi"}], sampling),
                                         ChatRequest("b", [{"role": "user", "content": "yo"}], Sampling(0.0))])
     result = results[0]
-    first, second = server.chat_requests
+    # the two requests are in flight together, so they may arrive in either order
+    first, second = sorted(server.chat_requests, key=lambda rec: rec.body["messages"][0]["content"] != "hi")
     assert first.body == {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}], "temperature": 0.3,
                           "top_p": 0.9, "max_tokens": 64, "seed": 7, "n": 2, "stop": ["\n\n"], "top_k": 40,
                           "repetition_penalty": 1.1, "min_p": 0.05}
