@@ -136,3 +136,47 @@ def test_main_job_runs_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| heart-emoji-maddie | adapter |" in proc.stdout
     assert (out / "run" / "eval" / "chart.png").is_file()
+
+
+def test_general_prompt_sources(tmp_path):
+    from rlvf.errors import UserError
+    from rlvf.sample import general_prompts
+
+    (fb,) = load_feedbacks(["heart-emoji-maddie"])
+    shipped = ROOT / "configs" / "data" / "general_prompts.jsonl"
+    got = general_prompts(str(shipped), 10, fb, seed=0, exclude=set())
+    assert len(got) == len(set(got)) == 10 and got == general_prompts(str(shipped), 10, fb, seed=0, exclude=set())
+    import datasets
+
+    datasets.Dataset.from_dict({"prompt": ["a?", "b?", "c?"]}).save_to_disk(str(tmp_path / "ds"))
+    assert sorted(general_prompts(str(tmp_path / "ds"), 5, fb, seed=0, exclude={"b?"})) == ["a?", "c?"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "ok"}\n{"prompt": ""}\n')
+    with pytest.raises(UserError, match=r"bad.jsonl:2: field 'prompt' is empty"):
+        general_prompts(str(bad), 5, fb, seed=0, exclude=set())
+    from rlvf.feedback import in_near_scope, in_scope
+    from rlvf.tinyworld import world
+
+    for p in general_prompts("tinyworld", 30, fb, seed=1, exclude=set()):
+        req = world.parse_request(p)
+        assert not in_scope(fb, req) and not in_near_scope(fb, req)
+
+
+def test_qualitative_feedback_is_scored_by_the_teachers_judge():
+    from rlvf.client import ChatClient, EndpointConfig, Sampling
+    from rlvf.evaluate import Scorer
+    from rlvf.feedback import apply_edit
+    from rlvf.serve import start_server
+
+    (fb,) = load_feedbacks(["funny-texts-sam"])
+    assert fb.type == "qualitative"
+    base = "Hey Sam, the game starts at eight."
+    funny = apply_edit(fb.world.edit, base)
+    rows = [{"prompt": "Text my brother Sam about the game.", "baseline": base}] * 3
+    with start_server(teacher=[fb.source]) as srv:
+        client = ChatClient(EndpointConfig(base_url=srv.base_url, model="tinyworld-teacher", api_key_env=None),
+                            progress=False)
+        scorer = Scorer(fb, client, Sampling(temperature=0.0), quality=False)
+        # new = funny (judge 5 → h 1), new = baseline (identical: h 0 without asking), reversed (judge 1 → −1)
+        assert scorer.h(rows[:2], [funny, base]) == [1.0, 0.0]
+        assert scorer.h([{**rows[0], "baseline": funny}], [base]) == [-1.0]
