@@ -30,6 +30,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from rlvf import prompts as P
+from rlvf.checkpoint import write_text_atomic
 from rlvf.client import ChatClient, ChatRequest, EndpointConfig, Sampling
 from rlvf.config import load_config
 from rlvf.data import SCOPES, read_rows, scope_file
@@ -223,11 +224,7 @@ def _keep(row: dict, fb: Feedback, cfg: PipelineConfig, stats: dict) -> bool:
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 def sample_feedback(fb: Feedback, out_dir: Path, cfg: PipelineConfig, teacher: ChatClient,
