@@ -423,8 +423,7 @@ def load_config(path: str | Path, overrides: list[str] = (), cls=None) -> Config
         key, value = parse_override(text)
         _set_dotted(raw, key, value, f"--set {text}", cls)
     cfg = config_from_dict(raw, str(path), cls)
-    for run in expand_sweep(cfg, str(path)):  # check every sweep point up front
-        pass
+    expand_sweep(cfg, str(path))  # checks every sweep point up front
     return cfg
 
 

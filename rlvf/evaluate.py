@@ -52,8 +52,8 @@ def scores(h: dict[str, list[float]]) -> dict[str, float | None]:
 class Scorer:
     """Per-prompt h for one feedback: metric for quantitative feedback, teacher judge otherwise."""
 
-    def __init__(self, fb: Feedback, teacher: ChatClient | None, sampling, quality: bool):
-        self.fb, self.teacher, self.sampling, self.quality = fb, teacher, sampling, quality
+    def __init__(self, fb: Feedback, teacher: ChatClient | None, sampling):
+        self.fb, self.teacher, self.sampling = fb, teacher, sampling
         if fb.type == "qualitative" and teacher is None:
             raise UserError(f"{fb.source}: qualitative feedback is scored by the teacher's judge; configure teacher")
 
@@ -118,7 +118,7 @@ def evaluate_feedback(fb: Feedback, data_dir: str | Path, methods: dict[str, str
     """{method: {"scores", "h", "responses"[, "quality"]}} for one feedback. ``methods`` maps a
     method name to the served model name that answers for it (None for stored responses)."""
     rows = test_rows(data_dir)
-    scorer = Scorer(fb, teacher, cfg.sample.teacher_sampling, cfg.eval.judge_quality)
+    scorer = Scorer(fb, teacher, cfg.sample.teacher_sampling)
     out = {}
     for method, model in methods.items():
         responses = responses_for(method.split(":")[0], rows, student, model, cfg.eval.sampling, fb)

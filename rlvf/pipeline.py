@@ -70,8 +70,7 @@ def run(cfg: PipelineConfig, stages: list[str], where: str, resume: bool = False
         if "adapter" in cfg.eval.methods and not (adapter / "adapter_config.json").is_file():
             raise UserError(f"eval.adapter: no adapter at {adapter}; run the train stage first")
         with local_endpoints(cfg, adapter if "adapter" in cfg.eval.methods else None) as (teacher, student):
-            served = cfg.serve.student
-            results = evaluate.run(cfg, student, teacher, adapter_model=ADAPTER_NAME if served else "adapter")
+            results = evaluate.run(cfg, student, teacher, adapter_model=ADAPTER_NAME)
     print(f"pipeline finished in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     return results
 

@@ -22,7 +22,6 @@ with another seed, then reported with counts — never dropped silently.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import random
 import sys

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import hashlib
 import json
 import math
@@ -151,7 +150,7 @@ def compute_reference(model, s: Streams, cfg: Config, pad_id: int, device, autoc
     was_training = model.training
     model.eval()
     ctx = contextlib.nullcontext() if cfg.lora.init_from else disable_adapters(model)
-    chosen, rejected, B = [], [], max(1, cfg.train.batch_size)
+    chosen, rejected, B = [], [], cfg.train.batch_size
     with ctx, autocast():
         for k in range(0, len(s.pairs), B):
             batch = s.pairs[k:k + B]

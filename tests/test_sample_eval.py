@@ -176,7 +176,7 @@ def test_qualitative_feedback_is_scored_by_the_teachers_judge():
     with start_server(teacher=[fb.source]) as srv:
         client = ChatClient(EndpointConfig(base_url=srv.base_url, model="tinyworld-teacher", api_key_env=None),
                             progress=False)
-        scorer = Scorer(fb, client, Sampling(temperature=0.0), quality=False)
+        scorer = Scorer(fb, client, Sampling(temperature=0.0))
         # new = funny (judge 5 → h 1), new = baseline (identical: h 0 without asking), reversed (judge 1 → −1)
         assert scorer.h(rows[:2], [funny, base]) == [1.0, 0.0]
         assert scorer.h([{**rows[0], "baseline": funny}], [base]) == [-1.0]

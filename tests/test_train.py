@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -115,7 +116,7 @@ def test_existing_run_needs_resume_and_same_config(tmp_path, tiny_model_dir, cap
 def test_every_method_trains(tmp_path, tiny_model_dir, method):
     out = run(make_config(tmp_path, tiny_model_dir, method=method, train={"max_steps": 2}))
     rows = read_metrics(out)
-    assert all(r.get("loss", 0) == r.get("loss", 0) for r in rows)  # finite, logged
+    assert all(math.isfinite(r["loss"]) for r in rows if "loss" in r)
     assert (out / "adapter" / "adapter_config.json").is_file()
     keys = set().union(*rows)
     if method["name"] in ("dpo", "c3po"):
