@@ -29,8 +29,13 @@ setup(
         "matplotlib>=3.7",  # the evaluation report's bar chart
     ],
     extras_require={
-        # peft is a test oracle only (adapter format), never imported by rlvf itself.
-        "test": ["pytest>=8", "peft>=0.13"],
+        # peft is a test oracle only (adapter format), never imported by rlvf itself. triton runs the
+        # kernel tests in its CPU interpreter; optional at run time (CUDA only), and only where wheels exist.
+        "test": [
+            "pytest>=8",
+            "peft>=0.13",
+            "triton>=3.0; platform_system == 'Linux' and platform_machine == 'x86_64'",
+        ],
         "bench": ["peft>=0.13", "trl>=0.12", "liger-kernel>=0.5"],
         "wandb": ["wandb"],
         "tensorboard": ["tensorboard"],

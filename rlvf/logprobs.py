@@ -2,9 +2,11 @@
 
 The loss functions in losses.py take these per-sequence sums. The fast path runs the backbone
 once, keeps the hidden states of only the positions that predict a labelled token, and feeds
-them to the chunked ``lm_head`` + log-softmax in rlvf.kernels, so the (B, T, V) logits that
-``model(...).logits`` would build are never materialised. ``naive_sequence_logprobs`` is the
-reference the tests compare against.
+them to the fused ``lm_head`` + log-softmax in rlvf.kernels, so the (B, T, V) logits that
+``model(...).logits`` would build are never materialised. rlvf.kernels picks the Triton kernels
+for CUDA tensors when triton is installed and the chunked pure-PyTorch path otherwise
+(``RLVF_KERNELS=torch|triton`` forces one, see kernels/dispatch.py). ``naive_sequence_logprobs``
+is the reference the tests compare against.
 
 Label convention (Hugging Face): ``labels`` is aligned with ``input_ids``, −100 marks positions
 that are not scored (prompt, padding), and the token at position t is predicted from the
@@ -23,7 +25,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from rlvf.kernels import IGNORE_INDEX, chunked_linear_kl, chunked_linear_logprobs
+from rlvf.kernels import (
+    IGNORE_INDEX,
+    C3POOutput,
+    c3po_from_sequence_logps,
+    fused_c3po_loss,
+    linear_kl,
+    linear_logprobs,
+)
 
 # Config keys that rescale the logits after lm_head in some architectures (Cohere, Granite, ...).
 # The fused path does not apply them, so a model that sets one to anything but 1 is rejected.
@@ -123,6 +132,12 @@ def _scored_positions(hidden: torch.Tensor, labels: torch.Tensor):
     return hidden[:, :-1][keep], targets[keep], rows, keep.sum(1)
 
 
+def _as_head_dtype(h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Hidden states in the head's dtype (differentiably): the fused ops take one dtype and do not
+    autocast, so e.g. an fp32 final norm in front of a bf16 head does not push them off the fused path."""
+    return h if h.dtype == weight.dtype else h.to(weight.dtype)
+
+
 def _sum_rows(values: torch.Tensor, rows: torch.Tensor, batch: int) -> torch.Tensor:
     """Σ of per-token ``values`` (N,) into their sequences: (B,)."""
     return values.new_zeros(batch).index_add(0, rows, values)
@@ -179,7 +194,8 @@ def logprobs_from_hidden(
     head = output_head(model)
     h, targets, rows, n_tokens = _scored_positions(hidden, labels)  # (N, H), (N,), (N,), (B,)
     if head.fused:
-        token_logps = chunked_linear_logprobs(h, head.weight, targets, IGNORE_INDEX, chunk_size, head.softcap)
+        h = _as_head_dtype(h, head.weight)
+        token_logps = linear_logprobs(h, head.weight, targets, IGNORE_INDEX, chunk_size, head.softcap)
     else:
         fn, extra = _chunk_module_logprobs, (head.softcap,)
         token_logps = _checkpointed_chunks(fn, head.module, (h, targets), extra, chunk_size)
@@ -200,6 +216,37 @@ def sequence_logprobs(
     """
     hidden = backbone_hidden(model, input_ids, attention_mask)  # (B, T, H)
     return logprobs_from_hidden(model, hidden, _mask_padding(labels, attention_mask), chunk_size)
+
+
+def sequence_c3po_loss(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    n_near: int,
+    n_out: int,
+    chunk_size: int = 1024,
+    **loss_options,
+) -> C3POOutput:
+    """C3PO loss (Stephan et al. 2024, eq. 5) of a micro-batch collated as [chosen (B) | rejected (B) |
+    near | out]: one backbone forward, one fused log-prob call over all scored tokens
+    (``rlvf.kernels.fused_c3po_loss``), then rlvf.losses. ref_chosen, ref_rejected (B,);
+    ``loss_options``: beta, lambda_out, lambda_near, loss_type, label_smoothing, per_token_sft.
+    A head that is not a plain linear map takes the generic chunked path to the same per-sequence sums.
+    """
+    hidden = backbone_hidden(model, input_ids, attention_mask)  # (B, T, H)
+    labels = _mask_padding(labels, attention_mask)
+    head = output_head(model)
+    if not head.fused:
+        lp = logprobs_from_hidden(model, hidden, labels, chunk_size)
+        return c3po_from_sequence_logps(lp.logps, lp.n_tokens, ref_chosen, ref_rejected, n_near, n_out, **loss_options)
+    h, targets, rows, _ = _scored_positions(hidden, labels)  # (N, H), (N,), (N,)
+    return fused_c3po_loss(
+        _as_head_dtype(h, head.weight), head.weight, targets, rows, ref_chosen, ref_rejected, n_near, n_out,
+        chunk_size=chunk_size, softcap=head.softcap, **loss_options,
+    )
 
 
 def naive_sequence_logprobs(
@@ -237,9 +284,10 @@ def sequence_kl(
     ref_h = _scored_positions(ref_hidden, labels)[0]  # (N, H)
     if head.fused:
         mask = torch.ones(h.shape[0], dtype=torch.bool, device=h.device)  # (N,)
-        token_kl = chunked_linear_kl(
-            h, ref_h, head.weight, mask, temperature, chunk_size, head.softcap, ref_weight
-        )
+        h, ref_h = _as_head_dtype(h, head.weight), _as_head_dtype(ref_h, head.weight)
+        if ref_weight is not None:
+            ref_weight = ref_weight.to(head.weight.dtype)
+        token_kl = linear_kl(h, ref_h, head.weight, mask, temperature, chunk_size, head.softcap, ref_weight)
     else:
         extra = (ref_weight, temperature, head.softcap)
         token_kl = _checkpointed_chunks(_chunk_module_kl, head.module, (h, ref_h.detach()), extra, chunk_size)
