@@ -21,6 +21,23 @@ The protocol facts follow the OpenAI API and the retry behaviour documented by o
   request has succeeded yet, any other 4xx. Once requests succeed, a 4xx is about that one request
   (e.g. a prompt over the context length) and becomes a ChatFailure without retries.
 
+The disk cache holds one file per completed request, keyed by sha256 of the canonical JSON of
+``{"base_url": <namespace>, "body": <the full request body>}``. The body carries the model name,
+the messages and every sampling field; the *namespace* names the endpoint whose answers these are:
+
+- ``EndpointConfig.cache_namespace`` when set, else the base_url (without a trailing slash; the
+  JSON field keeps the name ``base_url`` so that caches written before namespaces stay valid).
+- rlvf's embedded servers (rlvf.pipeline ``serve:``) bind a new free port on every run, so the
+  pipeline sets the namespace to what determines their answers instead of the URL: a fingerprint
+  (names, sizes, mtimes) of the served model directory, adapter and feedback files
+  (``pipeline.served_namespace``). A re-run through a new port is then all cache hits, and a
+  retrained model or adapter is a miss, never a stale hit.
+- Set it yourself when a remote model moves to another URL (a vLLM server restarted on another
+  port) and you want to keep its answers; change it to start afresh.
+
+A re-run or a run resumed after a kill therefore sends only what is not cached: the requests that
+failed or were in flight. ``ChatClient.stats`` counts what was sent, retried (by reason) and failed.
+
 The API key is read from the environment variable named by ``EndpointConfig.api_key_env`` and is
 sent in the Authorization header only: it is not part of any cache key, file, repr or message
 (server messages that echo it are redacted).
@@ -99,6 +116,8 @@ class EndpointConfig:
     """USD per million completion tokens, for the cost estimate in the summary."""
     extra_body: dict[str, Any] = field(default_factory=dict)
     """Fields added to every request body, e.g. {min_p: 0.05} for vLLM; model, messages and sampling fields take precedence."""
+    cache_namespace: str | None = None
+    """Names this endpoint in cache keys (null: base_url); set it to keep cached answers when the same model moves to another URL, change it to start afresh."""
 
     def validate(self, where: str) -> EndpointConfig:
         """Raise UserError for impossible values; ``where`` names the section, e.g. 'configs/a.yaml: teacher'."""
@@ -115,7 +134,14 @@ class EndpointConfig:
             value = getattr(self, key)
             _require(math.isfinite(value) and value >= 0, where, key, f"must be >= 0, got {value}")
         _require(isinstance(self.extra_body, dict), where, "extra_body", "must be a mapping")
+        _require(self.cache_namespace is None or (isinstance(self.cache_namespace, str)
+                                                  and self.cache_namespace.strip() != ""),
+                 where, "cache_namespace", "must be a non-empty string, or null for the base_url")
         return self
+
+    def namespace(self) -> str:
+        """What identifies this endpoint's answers in cache keys: cache_namespace, else the base_url."""
+        return self.cache_namespace or self.base_url.rstrip("/")
 
     def api_key(self) -> str | None:
         """The key in ``$api_key_env``, read now; None for no key. UserError if a remote server lacks one."""
@@ -213,7 +239,10 @@ class ClientStats:
     sent: int = 0
     """HTTP requests sent, retries included."""
     retries: int = 0
+    retry_reasons: dict[str, int] = field(default_factory=dict)
+    """Retries by reason: 'HTTP 503', 'read timeout', 'connection reset', 'connection closed', 'malformed body', …"""
     failures: int = 0
+    """Requests that ran out of retries or were refused (ChatFailure)."""
     prompt_tokens: int = 0
     """Reported by the server for the requests sent (cache hits cost nothing)."""
     completion_tokens: int = 0
@@ -362,9 +391,13 @@ class Pacer:
         self._next -= units * self.seconds_per_unit
 
 
-def cache_key(base_url: str, body: dict) -> str:
-    """sha256 of the canonical JSON of base_url and the full request body (the API key is not in it)."""
-    canonical = json.dumps({"base_url": base_url.rstrip("/"), "body": body},
+def cache_key(namespace: str, body: dict) -> str:
+    """sha256 of the canonical JSON of the endpoint's namespace and the full request body (no API key).
+
+    The field is named base_url because the namespace is the base_url unless configured otherwise,
+    and keys written before namespaces existed stay the same.
+    """
+    canonical = json.dumps({"base_url": namespace.rstrip("/"), "body": body},
                            sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
@@ -414,6 +447,7 @@ class _Retryable(Exception):
         super().__init__(reason)
         self.headers = headers or {}
         self.unreachable = unreachable
+        self.kind = reason.split(":")[0]  # 'HTTP 503', 'read timeout', 'connection closed', …
 
 
 class _Failed(Exception):
@@ -432,6 +466,7 @@ class ChatClient:
         self.endpoint = endpoint.validate("endpoint")
         self._api_key = endpoint.api_key()  # only ever placed in the Authorization header
         self.base_url = endpoint.base_url.rstrip("/")
+        self.namespace = endpoint.namespace()
         self.cache = ResponseCache(cache_dir) if cache_dir is not None else None
         self.progress = progress
         self.backoff_scale = backoff_scale
@@ -481,10 +516,12 @@ class ChatClient:
         return ([o for o in ordered if isinstance(o, ChatResult)], [o for o in ordered if isinstance(o, ChatFailure)])
 
     def summary(self) -> str:
-        """One line: requests, cache hits, retries, failures, tokens and the estimated cost."""
+        """One line: requests, cache hits, retries (by reason), failures, tokens and the estimated cost."""
         s = self.stats
-        text = (f"{s.requests:,} requests ({s.cache_hits:,} cached), {s.retries:,} retries, {s.failures:,} failed; "
-                f"{s.prompt_tokens:,} prompt + {s.completion_tokens:,} completion tokens")
+        reasons = sorted(s.retry_reasons.items(), key=lambda kv: (-kv[1], kv[0]))
+        why = f" ({', '.join(f'{n:,} {reason}' for reason, n in reasons)})" if reasons else ""
+        text = (f"{s.requests:,} requests ({s.cache_hits:,} cached), {s.retries:,} retries{why}, "
+                f"{s.failures:,} failed; {s.prompt_tokens:,} prompt + {s.completion_tokens:,} completion tokens")
         if self.endpoint.price_per_1m_input or self.endpoint.price_per_1m_output:
             text += f" ≈ ${s.cost_usd:,.2f}"
         return text
@@ -492,7 +529,7 @@ class ChatClient:
     # -- internals
 
     def _from_cache(self, request: ChatRequest, body: dict) -> ChatResult | None:
-        entry = self.cache.get(cache_key(self.base_url, body)) if self.cache is not None else None
+        entry = self.cache.get(cache_key(self.namespace, body)) if self.cache is not None else None
         if entry is None:
             return None
         self.stats.cache_hits += 1
@@ -549,6 +586,7 @@ class ChatClient:
                 if attempt > self.endpoint.max_retries:
                     return self._give_up(request.key, err, attempt, started)
                 self.stats.retries += 1
+                self.stats.retry_reasons[err.kind] = self.stats.retry_reasons.get(err.kind, 0) + 1
                 self._show(bar)
                 await asyncio.sleep(self.backoff_scale * retry_delay(attempt - 1, err.headers, self._rng.random))
                 continue
@@ -557,7 +595,7 @@ class ChatClient:
             self._account(body, usage)
             if self.cache is not None:
                 entry = {"model": body["model"], "texts": texts, "finish_reasons": reasons, "usage": usage}
-                self.cache.put(cache_key(self.base_url, body), entry)
+                self.cache.put(cache_key(self.namespace, body), entry)
             return ChatResult(request.key, texts, reasons, usage, cached=False, attempts=attempt)
 
     async def _attempt(self, http: httpx.AsyncClient, key: str, body: dict) -> tuple[list[str], list[str], dict]:
@@ -576,7 +614,7 @@ class ChatClient:
         try:
             texts, reasons, usage = parse_completion(response.json())
         except ValueError as err:  # json.JSONDecodeError is a ValueError
-            raise _Retryable(f"malformed response body ({_one_line(err, 120)})") from None
+            raise _Retryable(f"malformed body: {_one_line(err, 120)}") from None
         if len(texts) != body["n"]:
             raise _Failed(f"the server returned {len(texts)} choices for n={body['n']}; it may not support n > 1")
         return texts, reasons, usage

@@ -11,16 +11,22 @@ With ``serve.teacher`` / ``serve.student`` the pipeline starts rlvf's own OpenAI
 on a free loopback port for the offline tiny-world teacher and/or the local student model (and, for
 evaluation, the trained adapter, served by name as vLLM does), so the embedded default runs with no
 network and no API key. Otherwise ``teacher`` / ``student`` name real endpoints.
+
+The local server binds a new port on every run, so its endpoints carry a ``cache_namespace`` made
+from what determines their answers (``served_namespace``: the served model, adapter and feedback
+files) rather than the URL: a re-run, or a run resumed after a kill, sends only what the cache
+lacks, and a retrained model or adapter starts afresh.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import sys
 import time
 from pathlib import Path
 
-from rlvf import evaluate, sample
+from rlvf import __version__, evaluate, sample
 from rlvf.client import EndpointConfig
 from rlvf.config import load_config
 from rlvf.errors import UserError, exit_on_user_error
@@ -29,6 +35,22 @@ from rlvf.pipeline_config import PipelineConfig
 
 STAGES = ("sample", "train", "eval")
 STUDENT_NAME, ADAPTER_NAME, TEACHER_NAME = "student", "adapter", "tinyworld-teacher"
+
+
+def served_namespace(role: str, paths: list[str | Path]) -> str:
+    """The cache namespace of a local server's ``role``: rlvf's version and a fingerprint of the files
+    it serves, sha256 over (name, size, mtime_ns) of each path (a directory: its top-level files).
+
+    Stable across runs and ports; rewriting the weights, the adapter or a feedback file changes it
+    (a cache miss, never a stale hit). Statting keeps it instant for multi-GB weights.
+    """
+    digest = hashlib.sha256()
+    for path in map(Path, paths):
+        files = sorted(f for f in path.iterdir() if f.is_file()) if path.is_dir() else [path]
+        for f in files:
+            st = f.stat()
+            digest.update(f"{f.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return f"rlvf.serve {__version__} {role} {digest.hexdigest()[:16]}"
 
 
 @contextlib.contextmanager
@@ -41,11 +63,17 @@ def local_endpoints(cfg: PipelineConfig, adapter: Path | None = None):
         yield cfg.teacher, cfg.student
         return
     feedbacks = [fb.source for fb in load_feedbacks(cfg.feedback)] if s.teacher else None
+    adapters = {ADAPTER_NAME: adapter} if (s.student and adapter) else None
     with start_server(model=cfg.model.path if s.student else None, served_model_name=STUDENT_NAME,
-                      lora_modules={ADAPTER_NAME: adapter} if (s.student and adapter) else None,
-                      teacher=feedbacks, teacher_name=TEACHER_NAME, max_batch_size=s.max_batch_size) as srv:
-        local = lambda name: EndpointConfig(base_url=srv.base_url, model=name, api_key_env=None)  # noqa: E731
-        yield (local(TEACHER_NAME) if s.teacher else cfg.teacher), (local(STUDENT_NAME) if s.student else cfg.student)
+                      lora_modules=adapters, teacher=feedbacks, teacher_name=TEACHER_NAME,
+                      max_batch_size=s.max_batch_size) as srv:
+        def local(name: str, files: list) -> EndpointConfig:
+            return EndpointConfig(base_url=srv.base_url, model=name, api_key_env=None,
+                                  cache_namespace=served_namespace(name, files))
+
+        teacher = local(TEACHER_NAME, feedbacks) if s.teacher else cfg.teacher
+        student = local(STUDENT_NAME, [cfg.model.path, *(adapters or {}).values()]) if s.student else cfg.student
+        yield teacher, student
 
 
 def _need(endpoint, role: str, stage: str) -> EndpointConfig:

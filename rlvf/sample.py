@@ -18,6 +18,11 @@ category, baseline, revised, in_context, cot) and ``sample_meta.json`` (counts, 
 usage). Every request goes through rlvf.client, whose disk cache (``<data dir>/.cache``) makes a
 re-run or a resumed run pay only for what is missing. Replies that do not parse are asked again
 with another seed, then reported with counts — never dropped silently.
+
+A request that runs out of retries leaves its rows out (counted as incomplete in sample_meta.json,
+which lists it); the run goes on with everything else, then names the failed requests on one line
+and exits with code 2. Re-running the same command sends only those requests (and any that depend
+on their replies): everything that completed is in the cache.
 """
 from __future__ import annotations
 
@@ -25,12 +30,12 @@ import argparse
 import json
 import random
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from rlvf import prompts as P
 from rlvf.checkpoint import write_text_atomic
-from rlvf.client import ChatClient, ChatRequest, EndpointConfig, Sampling
+from rlvf.client import ChatClient, ChatFailure, ChatRequest, EndpointConfig, Sampling
 from rlvf.config import load_config
 from rlvf.data import SCOPES, read_rows, scope_file
 from rlvf.errors import UserError, exit_on_user_error
@@ -85,7 +90,7 @@ class Asker:
                 except P.ParseError:
                     pass
             for f in failures:  # retries exhausted at the HTTP level: reported, resumable
-                self.stats["request_failures"].append({"key": f.key, "error": f.error})
+                self.stats["request_failures"].append(_failure(f))
                 pending.pop(f.key, None)
             if not pending:
                 break
@@ -186,7 +191,11 @@ def _student_responses(rows: list[dict], fb: Feedback, cfg: PipelineConfig, stud
         kind, i = r.key.split("/")
         text = r.texts[0].strip()
         rows[int(i)][kind] = cot_answer(text) if kind == "cot" else text
-    stats["request_failures"] += [{"key": f.key, "error": f.error} for f in failures]
+    stats["request_failures"] += [_failure(f) for f in failures]
+
+
+def _failure(f: ChatFailure) -> dict:
+    return {"key": f.key, "error": f.error, "attempts": f.attempts}
 
 
 def _revisions(rows: list[dict], fb: Feedback, cfg: PipelineConfig, ask: Asker) -> None:
@@ -249,13 +258,14 @@ def sample_feedback(fb: Feedback, out_dir: Path, cfg: PipelineConfig, teacher: C
             _write_jsonl(scope_file(out_dir, scope, name), out)
             counts[f"{scope}_{name}"] = len(out)
     meta = {"feedback": fb.to_dict(), "counts": counts, **stats,
-            "teacher": teacher.summary(), "student": student.summary()}
+            "teacher": teacher.summary(), "student": student.summary(),
+            "requests": {"teacher": asdict(teacher.stats), "student": asdict(student.stats)}}
     (out_dir / "sample_meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return meta
 
 
 def run(cfg: PipelineConfig, teacher_ep: EndpointConfig, student_ep: EndpointConfig, progress: bool = True) -> list[dict]:
-    """Sample every feedback of ``cfg`` into its data directory."""
+    """Sample every feedback of ``cfg`` into its data directory; UserError at the end if requests failed."""
     feedbacks = load_feedbacks(cfg.feedback)
     metas = []
     for fb, data_dir in zip(feedbacks, cfg.data.dirs):
@@ -264,13 +274,36 @@ def run(cfg: PipelineConfig, teacher_ep: EndpointConfig, student_ep: EndpointCon
         teacher = ChatClient(teacher_ep, cache_dir=out / ".cache", progress=progress)
         student = ChatClient(student_ep, cache_dir=out / ".cache", progress=progress)
         meta = sample_feedback(fb, out, cfg, teacher, student)
-        lost = len(meta["request_failures"]) + len(meta["unparsed"])
+        failed, unparsed = len(meta["request_failures"]), len(meta["unparsed"])
         print(f"{fb.name}: " + ", ".join(f"{k} {v}" for k, v in meta["counts"].items())
               + f"; {meta['filtered_pairs']} pairs filtered by the metric, {meta['incomplete_rows']} rows incomplete"
-              + (f" ({lost} requests failed or unparsed: re-run to retry them)" if lost else ""), file=sys.stderr)
+              + (f"; {failed} requests failed (a re-run retries them)" if failed else "")
+              + (f"; {unparsed} teacher replies did not parse (see sample_meta.json)" if unparsed else ""),
+              file=sys.stderr)
         print(f"  teacher: {meta['teacher']}\n  student: {meta['student']}", file=sys.stderr)
         metas.append(meta)
+    failed = [(fb, d, meta) for fb, d, meta in zip(feedbacks, cfg.data.dirs, metas) if meta["request_failures"]]
+    if failed:
+        raise failures_error(failed)
     return metas
+
+
+def failures_error(failed: list[tuple[Feedback, str, dict]], show: int = 5) -> UserError:
+    """One line: how many requests failed (out of retries, or refused), the first ``show`` of them, what to do."""
+    count = sum(len(meta["request_failures"]) for _, _, meta in failed)
+    parts, left = [], show
+    for fb, _, meta in failed:
+        keys = [f["key"] for f in meta["request_failures"][:left]]
+        left -= len(keys)
+        if keys:
+            parts.append(f"{fb.name}: {', '.join(keys)}")
+    more = f" and {count - show} more" if count > show else ""
+    last = failed[-1][2]["request_failures"][-1]
+    dirs = ", ".join(str(d) for _, d, _ in failed)
+    return UserError(f"{count} request{'s' if count > 1 else ''} failed ({'; '.join(parts)}{more}; last "
+                     f"error after {last['attempts']} attempts: {last['error']}): the data in {dirs} is incomplete "
+                     "(sample_meta.json lists them); re-run the same command to send only these, the completed "
+                     "requests are cached")
 
 
 def endpoints(cfg: PipelineConfig) -> tuple[EndpointConfig, EndpointConfig]:

@@ -7,20 +7,28 @@
 
 Routes: POST /v1/chat/completions and GET /v1/models. Replies are deterministic: choice i of a
 request reads ``echo <12 hex of sha256(body)>-<i>: <last message's content>`` (``expected_texts``
-computes them), with usage of chars/4 tokens.
+computes them), with usage of chars/4 tokens; ``respond=`` replaces the texts (e.g. by a real
+offline teacher's replies).
 
 The fault plan is a function ``plan(index, body, attempt) -> Fault | None`` called (under a lock, so
 it may keep state) for each chat request before it is answered: ``index`` counts chat requests
 from 0 in arrival order, ``attempt`` counts earlier arrivals of the identical body (0 the first
 time, 1 on its first retry, …); a fault replaces the whole answer, auth and model checks included.
-``fail_first``, ``by_index`` and ``first_of`` build common plans.
-Every request is recorded (method, path, headers, body, arrival and end times); ``max_in_flight``
-is the most chat requests being handled at once.
+``fail_first``, ``by_index``, ``first_of`` and ``random_faults`` (seeded, mixed kinds, for soak
+tests) build common plans.
+Every request is recorded (method, path, headers, body, arrival and end times, and for chat requests
+the index, the attempt and the fault injected); ``max_in_flight`` is the most chat requests being
+handled at once.
+
+Faults cover what real APIs do: error statuses with any body shape (5xx, 429 with ``retry-after``
+or ``retry-after-ms``, 4xx), hangs past the client's timeout, bodies that are truncated, malformed,
+cut mid-transfer, trickled slowly or stalled past the timeout, and connections reset or dropped.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import random
 import socket
 import struct
 import threading
@@ -30,6 +38,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Optional
 
 Plan = Callable[[int, dict, int], Optional["Fault"]]
+Respond = Callable[[dict], list[str]]
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,7 @@ class Fault:
     shape: str = "nested"  # error body: nested {"error": {...}}, flat (vLLM), text
     headers: tuple[tuple[str, str], ...] = ()
     seconds: float = 0.0
+    pieces: int = 8  # slow_body only
 
     @classmethod
     def error(cls, status: int, message: str = "injected fault", shape: str = "nested", **headers: str) -> Fault:
@@ -65,9 +75,17 @@ class Fault:
         return cls("delay", seconds=seconds)
 
     @classmethod
-    def slow_body(cls, seconds: float) -> Fault:
-        """Reply normally, the body trickling out in 8 pieces over ``seconds``."""
-        return cls("slow_body", seconds=seconds)
+    def slow_body(cls, seconds: float, pieces: int = 8) -> Fault:
+        """Reply normally, the body trickling out in ``pieces`` pieces over ``seconds`` (a client reading
+        with a timeout below seconds / (pieces - 1) gives up mid-body: a stalled body)."""
+        return cls("slow_body", seconds=seconds, pieces=max(2, pieces))
+
+    @property
+    def label(self) -> str:
+        """A short name for reports: 'error 503', 'error 429 retry-after-ms', 'hang', 'slow_body/2', …"""
+        if self.kind == "error":
+            return " ".join([f"error {self.status}", *(name for name, _ in self.headers)])
+        return f"slow_body/{self.pieces}" if self.kind == "slow_body" else self.kind
 
     @classmethod
     def truncated_json(cls) -> Fault:
@@ -119,6 +137,23 @@ def by_index(faults: dict[int, Fault]) -> Plan:
     return lambda index, body, attempt: faults.get(index)
 
 
+def random_faults(seed: int, rate: float, faults: list[tuple[float, Fault]], max_per_request: int) -> Plan:
+    """Each of the first ``max_per_request`` attempts of a request gets, with probability ``rate``, a
+    fault drawn from ``faults`` [(weight, fault)]; later attempts always succeed.
+
+    The draw depends only on (seed, body, attempt), not on arrival order, so a run at any
+    concurrency meets the same faults.
+    """
+    weights, choices = zip(*faults)
+
+    def plan(index: int, body: dict, attempt: int) -> Fault | None:
+        rng = random.Random(f"{seed}:{hashlib.sha256(_canonical(body)).hexdigest()}:{attempt}")
+        if attempt >= max_per_request or rng.random() >= rate:
+            return None
+        return rng.choices(choices, weights)[0]
+    return plan
+
+
 def has_marker(body: dict, marker: str | None) -> bool:
     return marker is None or any(marker in str(m.get("content", "")) for m in body.get("messages", []))
 
@@ -137,8 +172,9 @@ def expected_texts(body: dict) -> list[str]:
     return [f"echo {digest}-{i}: {last}" for i in range(int(body.get("n") or 1))]
 
 
-def completion(body: dict) -> dict:
-    texts = expected_texts(body)
+def completion(body: dict, respond: Respond | None = None) -> dict:
+    """The chat.completion reply to ``body``: texts from ``respond`` (default ``expected_texts``)."""
+    texts = (respond or expected_texts)(body)
     prompt = sum(len(str(m.get("content", ""))) for m in body.get("messages", [])) // 4 + 1
     done = sum(len(t) for t in texts) // 4 + 1
     return {
@@ -172,6 +208,8 @@ class Recorded:
     start: float
     end: float | None = None
     index: int | None = None  # chat requests only
+    attempt: int | None = None  # earlier arrivals of the same body (chat requests only)
+    fault: Fault | None = None  # what the plan injected instead of a normal reply
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -232,10 +270,10 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(401, error_body("nested", 401, fake._bad_key_message(self.headers)))
         if fake.models is not None and body.get("model") not in fake.models:
             return self._send(404, error_body("nested", 404, f"The model `{body.get('model')}` does not exist"))
-        self._send(200, _canonical(completion(body)))
+        self._send(200, _canonical(completion(body, fake.respond)))
 
     def _fault(self, fake: FakeOpenAI, body: dict, fault: Fault) -> None:
-        reply = _canonical(completion(body))
+        reply = _canonical(completion(body, fake.respond))
         if fault.kind == "error":
             self._send(fault.status, error_body(fault.shape, fault.status, fault.message), dict(fault.headers))
         elif fault.kind == "hang":
@@ -245,7 +283,7 @@ class _Handler(BaseHTTPRequestHandler):
             fake._stop.wait(fault.seconds)
             self._send(200, reply)
         elif fault.kind == "slow_body":
-            self._send(200, reply, pieces=8, seconds=fault.seconds, stop=fake._stop)
+            self._send(200, reply, pieces=fault.pieces, seconds=fault.seconds, stop=fake._stop)
         elif fault.kind == "truncated_json":
             self._send(200, reply[: len(reply) // 2])
         elif fault.kind == "cut_body":
@@ -276,7 +314,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._close(reset=False)
         step = -(-len(data) // pieces)
         for k in range(0, len(data), step):
-            if k and stop is not None and stop.wait(seconds / pieces):
+            if k and stop is not None and stop.wait(seconds / (pieces - 1)):
                 return self._close(reset=False)
             self.wfile.write(data[k:k + step])
             self.wfile.flush()
@@ -292,6 +330,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128  # a burst of new connections (soak tests, retries after resets) is not refused
     fake: FakeOpenAI
 
     def handle_error(self, request, client_address) -> None:
@@ -304,12 +343,14 @@ class FakeOpenAI:
     ``models``: ids listed by GET /v1/models and accepted by chat requests (None: accept any model,
     list none). ``api_key``: the Bearer token required (None: no check); a wrong key is echoed in
     the 401 message, as a careless server would, to test redaction. ``max_lifetime_s``: the server
-    stops by itself after this long; hangs end when it stops.
+    stops by itself after this long; hangs end when it stops. ``respond``: body -> the n reply texts
+    (default ``expected_texts``). ``plan`` may be replaced while the server runs.
     """
 
     def __init__(self, plan: Plan | None = None, models: list[str] | None = ("fake-model",),
-                 api_key: str | None = None, max_lifetime_s: float = 60.0):
+                 api_key: str | None = None, max_lifetime_s: float = 60.0, respond: Respond | None = None):
         self.plan = plan
+        self.respond = respond
         self.models = list(models) if models is not None else None
         self.api_key = api_key
         self.max_lifetime_s = max_lifetime_s
@@ -368,6 +409,14 @@ class FakeOpenAI:
     def chat_count(self) -> int:
         return len(self.chat_requests)
 
+    def faults_injected(self) -> dict[str, int]:
+        """{fault label: how many chat requests got it}."""
+        counts: dict[str, int] = {}
+        for record in self.chat_requests:
+            if record.fault is not None:
+                counts[record.fault.label] = counts.get(record.fault.label, 0) + 1
+        return counts
+
     # -- used by the handler
 
     def _record(self, handler: _Handler, body: Any) -> Recorded:
@@ -384,7 +433,9 @@ class FakeOpenAI:
             self._attempts[digest] = attempt + 1
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
-            return self.plan(record.index, body, attempt) if self.plan is not None else None
+            record.attempt = attempt
+            record.fault = self.plan(record.index, body, attempt) if self.plan is not None else None
+            return record.fault
 
     def _end(self, record: Recorded) -> None:
         with self._lock:

@@ -14,9 +14,9 @@ import time
 import httpx
 import pytest
 
-from fake_openai import FakeOpenAI, Fault, by_index, expected_texts, fail_first, first_of
-from rlvf.client import (ChatClient, ChatFailure, ChatRequest, EndpointConfig, Pacer, Sampling, check_endpoint,
-                         error_message, retry_delay)
+from fake_openai import FakeOpenAI, Fault, by_index, expected_texts, fail_first, first_of, random_faults
+from rlvf.client import (ChatClient, ChatFailure, ChatRequest, EndpointConfig, Pacer, Sampling, cache_key,
+                         check_endpoint, error_message, retry_delay)
 from rlvf.errors import UserError
 
 SECRET = "sk-test-SECRET-0123456789"
@@ -77,24 +77,29 @@ def test_no_authorization_header_without_a_key():
     assert "Authorization" not in server.chat_requests[0].headers
 
 
-RETRYABLE = {
-    "500": Fault.error(500), "502-text-body": Fault.error(502, "Bad Gateway", shape="text"),
-    "503-flat-body": Fault.error(503, "overloaded", shape="flat"), "408": Fault.error(408), "409": Fault.error(409),
-    "429": Fault.error(429), "hang-past-timeout": Fault.hang(10), "truncated-json": Fault.truncated_json(),
-    "cut-body": Fault.cut_body(), "malformed-json": Fault.malformed_json(), "no-choices": Fault.no_choices(),
-    "connection-reset": Fault.reset(), "connection-dropped": Fault.drop(),
-    "400-x-should-retry-true": Fault.error(400, x_should_retry="true"),
+RETRYABLE = {  # id: (fault, the reason the client counts the retry under)
+    "500": (Fault.error(500), "HTTP 500"), "502-text-body": (Fault.error(502, "Bad Gateway", shape="text"), "HTTP 502"),
+    "503-flat-body": (Fault.error(503, "overloaded", shape="flat"), "HTTP 503"), "408": (Fault.error(408), "HTTP 408"),
+    "409": (Fault.error(409), "HTTP 409"), "429": (Fault.error(429), "HTTP 429"),
+    "hang-past-timeout": (Fault.hang(10), "read timeout"),
+    "body-stalled-past-timeout": (Fault.slow_body(10, pieces=2), "read timeout"),
+    "truncated-json": (Fault.truncated_json(), "malformed body"), "cut-body": (Fault.cut_body(), "connection closed"),
+    "malformed-json": (Fault.malformed_json(), "malformed body"), "no-choices": (Fault.no_choices(), "malformed body"),
+    "connection-reset": (Fault.reset(), "connection reset"), "connection-dropped": (Fault.drop(), "connection closed"),
+    "400-x-should-retry-true": (Fault.error(400, x_should_retry="true"), "HTTP 400"),
 }
 
 
-@pytest.mark.parametrize("fault", RETRYABLE.values(), ids=RETRYABLE.keys())
-def test_retryable_fault_is_retried_then_succeeds(fault):
+@pytest.mark.parametrize("fault,reason", RETRYABLE.values(), ids=RETRYABLE.keys())
+def test_retryable_fault_is_retried_then_succeeds(fault, reason):
     with FakeOpenAI(plan=fail_first(1, fault)) as server:
         client = make_client(server)
         (result,), failures = client.run(make_requests(1))
     assert failures == [] and result.attempts == 2
     assert result.texts == expected_texts(server.chat_requests[1].body)
     assert (client.stats.retries, client.stats.sent, server.chat_count) == (1, 2, 2)
+    assert client.stats.retry_reasons == {reason: 1}
+    assert [r.fault for r in server.chat_requests] == [fault, None]
 
 
 def test_slow_body_is_not_a_failure():
@@ -226,13 +231,20 @@ def test_a_fatal_error_cancels_the_rest_and_keeps_what_completed(tmp_path):
 # ----------------------------------------------------------------------------- failures, cache, resuming
 
 
-def test_exhausted_retries_are_reported_and_the_rest_succeed():
+def test_exhausted_retries_are_reported_then_a_rerun_sends_only_those(tmp_path):
+    requests = make_requests(4, {2: "DOOMED"})
     with FakeOpenAI(plan=fail_first(99, Fault.error(503, "overloaded"), marker="DOOMED")) as server:
-        client = make_client(server, max_retries=2)
-        results, failures = client.run(make_requests(4, {2: "DOOMED"}))
-    assert [r.key for r in results] == ["r0", "r1", "r3"]
-    assert failures == [ChatFailure("r2", "HTTP 503: overloaded", 3)]
-    assert (client.stats.failures, client.stats.retries, server.chat_count) == (1, 2, 6)
+        client = make_client(server, cache_dir=tmp_path, max_retries=2)
+        results, failures = client.run(requests)
+        assert [r.key for r in results] == ["r0", "r1", "r3"]
+        assert failures == [ChatFailure("r2", "HTTP 503: overloaded", 3)]
+        assert (client.stats.failures, client.stats.retries, server.chat_count) == (1, 2, 6)
+        server.plan = None  # the server recovers
+        again = make_client(server, cache_dir=tmp_path, max_retries=2)
+        results, failures = again.run(requests)
+    assert failures == [] and [(r.key, r.cached) for r in results] == [("r0", True), ("r1", True), ("r2", False),
+                                                                          ("r3", True)]
+    assert server.chat_count == 7 and "DOOMED" in server.chat_requests[-1].body["messages"][0]["content"]
 
 
 def test_cache_hit_sends_nothing_and_returns_identical_results(tmp_path, secret_env):
@@ -258,6 +270,24 @@ def test_cache_key_depends_on_every_request_field(tmp_path):
         make_client(server, cache_dir=tmp_path, extra_body={"min_p": 0.1}).run(make_requests(1, sampling=Sampling(0.7)))
         make_client(server, cache_dir=tmp_path, model="other").run(make_requests(1, sampling=Sampling(0.7)))
     assert server.chat_count == 4 and len(list(tmp_path.rglob("*.json"))) == 4
+
+
+def test_cache_namespace_replaces_the_url_in_cache_keys(tmp_path, secret_env):
+    """By default a server on another port is another endpoint; one namespace shares the answers."""
+    requests = make_requests(3)
+    with FakeOpenAI() as first, FakeOpenAI() as second:
+        make_client(first, cache_dir=tmp_path / "url").run(requests)
+        make_client(second, cache_dir=tmp_path / "url").run(requests)  # default: the base_url
+        make_client(first, cache_dir=tmp_path / "ns", cache_namespace="my-model").run(requests)
+        moved = make_client(second, cache_dir=tmp_path / "ns", cache_namespace="my-model", api_key_env=ENV)
+        results, _ = moved.run(requests)
+    assert (first.chat_count, second.chat_count) == (6, 3)
+    assert moved.stats.sent == 0 and all(r.cached for r in results)
+    body = moved.request_body(requests[0])
+    assert (tmp_path / "ns" / cache_key("my-model", body)[:2] / f"{cache_key('my-model', body)}.json").is_file()
+    assert cache_key(first.base_url, body) == cache_key(first.base_url + "/", body)  # the form used before namespaces
+    with pytest.raises(UserError, match="endpoint.cache_namespace: must be a non-empty string"):
+        EndpointConfig(first.base_url, "m", cache_namespace=" ").validate("endpoint")
 
 
 def test_killed_run_resumes_with_only_the_missing_requests(tmp_path):
@@ -354,7 +384,7 @@ def test_usage_and_cost_are_accounted():
     completion = sum(r.usage["completion_tokens"] for r in results)
     assert (client.stats.prompt_tokens, client.stats.completion_tokens) == (prompt, completion)
     assert client.stats.cost_usd == pytest.approx((prompt * 2 + completion * 10) / 1e6)
-    assert client.summary() == (f"3 requests (0 cached), 1 retries, 0 failed; "
+    assert client.summary() == (f"3 requests (0 cached), 1 retries (1 HTTP 503), 0 failed; "
                                 f"{prompt} prompt + {completion} completion tokens ≈ $0.00")
     client.stats.prompt_tokens, client.stats.completion_tokens, client.stats.cost_usd = 51200, 9800, 0.2048
     assert client.summary().endswith("51,200 prompt + 9,800 completion tokens ≈ $0.20")
@@ -416,6 +446,19 @@ def test_fake_server_stops_promptly_while_a_request_hangs():
     t0 = time.monotonic()
     server.close()
     assert time.monotonic() - t0 < 1.0
+
+
+def test_random_faults_depend_on_the_request_not_the_arrival_order():
+    faults = [(1, Fault.error(500)), (1, Fault.reset())]
+    plan = random_faults(seed=3, rate=0.5, faults=faults, max_per_request=2)
+    bodies = [{"messages": [{"role": "user", "content": str(i)}]} for i in range(200)]
+    drawn = [[plan(i, body, attempt) for attempt in range(3)] for i, body in enumerate(bodies)]
+    assert drawn == [[plan(0, body, attempt) for attempt in range(3)] for body in bodies]
+    assert all(row[2] is None for row in drawn)  # max_per_request: later attempts succeed
+    hits = [f for row in drawn for f in row[:2] if f is not None]
+    assert 150 < len(hits) < 250 and {f.kind for f in hits} == {"error", "reset"}  # about half of 400
+    other = random_faults(seed=4, rate=0.5, faults=faults, max_per_request=2)
+    assert [[other(i, body, a) for a in range(3)] for i, body in enumerate(bodies)] != drawn  # the seed matters
 
 
 def test_fake_server_stops_by_itself():
