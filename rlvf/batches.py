@@ -136,3 +136,18 @@ def micro_batch(s: Streams, i: int, batch_size: int, seed: int, ordered: bool = 
 
 def n_micro_batches(n_main: int, batch_size: int, epochs: float) -> int:
     return max(1, math.ceil(epochs * n_main / batch_size))
+
+
+def shard_micro_batch(mb: MicroBatch, rank: int, world_size: int) -> tuple[MicroBatch, int]:
+    """This rank's contiguous slice of a global micro-batch, and how many real items it holds.
+
+    main, near and out are sliced alike (slice sizes differ by at most one). A rank whose slice is
+    empty gets the batch's first item as a stand-in with count 0 (its loss is weighted 0), so every
+    rank runs the same forward and backward and FSDP's collectives stay in step.
+    """
+    n = len(mb.main)
+    lo, hi = n * rank // world_size, n * (rank + 1) // world_size
+    count = hi - lo
+    if count == 0:
+        lo, hi = 0, 1
+    return MicroBatch(mb.main[lo:hi], mb.near[lo:hi], mb.out[lo:hi]), count

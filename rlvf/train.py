@@ -7,6 +7,10 @@ LoRA, precompute the DPO reference log-probs once (adapters disabled, cached in 
 then AdamW over the adapter parameters with gradient accumulation, clipping, a warmup + cosine
 schedule, periodic validation and atomic checkpoints. The final adapter is saved in PEFT format
 under ``<output_dir>/adapter``. ``--resume`` continues exactly where a run stopped.
+
+Under ``torchrun --nproc_per_node N -m rlvf.train ...`` the same loop runs data-parallel with FSDP2
+(rlvf.distributed): each rank takes its slice of every micro-batch, so the global batch and the
+loss are those of one process; rank 0 logs and writes metrics; checkpoints are sharded (DCP).
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import contextlib
 import hashlib
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -24,7 +29,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from rlvf import checkpoint as ckpt
-from rlvf.batches import MicroBatch, Streams, build_streams, load_rows, micro_batch, n_micro_batches, split_rows
+from rlvf import distributed as D
+from rlvf.batches import (MicroBatch, Streams, build_streams, load_rows, micro_batch, n_micro_batches,
+                          shard_micro_batch, split_rows)
 from rlvf.config import Config, describe, expand_sweep, load_config, read_yaml, save_config, to_dict
 from rlvf.data import Encoded, collate
 from rlvf.errors import UserError, exit_on_user_error
@@ -38,6 +45,8 @@ from rlvf.modeling import load_model, load_tokenizer, pick_device, pick_dtype
 _RESUME_FREE = {"train.stop_at_step", "train.progress", "train.report_to", "train.eval_every",
                 "train.save_every", "train.save_total_limit", "train.log_every", "train.device"}
 
+
+_COUNT = "#count"  # an item count travelling with the metric sums through all_reduce_sums
 
 # The config sections a training run depends on (a pipeline config adds others, e.g. eval).
 _TRAINING_SECTIONS = ("model", "data", "lora", "method", "train")
@@ -144,41 +153,57 @@ def _fingerprint(cfg: Config, s: Streams) -> str:
 
 
 @torch.no_grad()
-def compute_reference(model, s: Streams, cfg: Config, pad_id: int, device, autocast) -> RefLogps:
+def compute_reference(model, s: Streams, cfg: Config, pad_id: int, device, autocast,
+                      world: D.World = D.SINGLE) -> RefLogps:
     """log π_ref(y|x) for every pair. π_ref is the policy at the start of training: the base model
-    (adapters disabled), or base + the ``lora.init_from`` adapter (dropout off) when continuing."""
+    (adapters disabled), or base + the ``lora.init_from`` adapter (dropout off) when continuing.
+
+    Under torchrun each rank computes a contiguous shard of the pairs and the shards are gathered.
+    """
     was_training = model.training
     model.eval()
     ctx = contextlib.nullcontext() if cfg.lora.init_from else disable_adapters(model)
     chosen, rejected, B = [], [], cfg.train.batch_size
+    mine, sizes = list(D.shard_range(len(s.pairs), world)), D.shard_sizes(len(s.pairs), world)
     with ctx, autocast():
-        for k in range(0, len(s.pairs), B):
-            batch = s.pairs[k:k + B]
-            lp = _logps(model, [c for c, _ in batch] + [r for _, r in batch], pad_id, device,
-                        cfg.train.logprob_chunk_size).logps.float().cpu()
-            chosen.append(lp[:len(batch)])
-            rejected.append(lp[len(batch):])
+        for k in range(math.ceil(max(sizes) / B)):  # as many forwards on every rank: FSDP gathers in step
+            idx = mine[k * B:(k + 1) * B]
+            batch = [s.pairs[i] for i in idx or [0]]  # a rank with no pairs left redoes pair 0, then drops it
+            lp = D.run_forward(model, _logps, model, [c for c, _ in batch] + [r for _, r in batch], pad_id,
+                               device, cfg.train.logprob_chunk_size).logps.float().cpu()
+            chosen.append(lp[:len(idx)])
+            rejected.append(lp[len(batch):len(batch) + len(idx)])
     model.train(was_training)
     empty = torch.zeros(0)
-    return RefLogps(torch.cat(chosen) if chosen else empty, torch.cat(rejected) if rejected else empty)
+    local = [torch.cat(x) if x else empty for x in (chosen, rejected)]  # (sizes[rank],) each
+    return RefLogps(*(D.all_gather_rows(t, sizes, world) for t in local))
 
 
-def cached_reference(path: Path, model, s: Streams, cfg: Config, pad_id, device, autocast) -> RefLogps:
-    """Load the reference log-probs from ``path`` if computed for the same model and tokens, else compute
-    and save them (atomically)."""
-    fp = _fingerprint(cfg, s)
+def _read_reference(path: Path, fingerprint: str) -> RefLogps | None:
     if path.is_file():
         from safetensors import safe_open
 
         with safe_open(str(path), "pt") as f:
-            if (f.metadata() or {}).get("fingerprint") == fp:
+            if (f.metadata() or {}).get("fingerprint") == fingerprint:
                 t = load_file(str(path))
                 return RefLogps(t["chosen"], t["rejected"])
-    ref = compute_reference(model, s, cfg, pad_id, device, autocast)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({"chosen": ref.chosen.contiguous(), "rejected": ref.rejected.contiguous()}, str(tmp),
-              metadata={"fingerprint": fp})
-    tmp.replace(path)
+    return None
+
+
+def cached_reference(path: Path, model, s: Streams, cfg: Config, pad_id, device, autocast,
+                     world: D.World = D.SINGLE) -> RefLogps:
+    """Load the reference log-probs from ``path`` if computed for the same model and tokens, else compute
+    and save them (atomically; rank 0 writes)."""
+    fp = _fingerprint(cfg, s)
+    ref = _read_reference(path, fp)
+    if D.all_true(ref is not None, world):
+        return ref
+    ref = compute_reference(model, s, cfg, pad_id, device, autocast, world)
+    if world.main:
+        tmp = path.with_name(f".{path.name}.tmp")
+        save_file({"chosen": ref.chosen.contiguous(), "rejected": ref.rejected.contiguous()}, str(tmp),
+                  metadata={"fingerprint": fp})
+        tmp.replace(path)
     return ref
 
 
@@ -202,20 +227,24 @@ def lr_lambda(total_steps: int, warmup_steps: int, kind: str):
 
 
 @torch.no_grad()
-def validate(model, s: Streams, ref: RefLogps | None, cfg: Config, pad_id, device, autocast) -> dict[str, float]:
-    """Mean loss and metrics over the whole validation split (dropout off), keys prefixed 'eval/'."""
+def validate(model, s: Streams, ref: RefLogps | None, cfg: Config, pad_id, device, autocast,
+             world: D.World = D.SINGLE) -> dict[str, float]:
+    """Mean loss and metrics over the whole validation split (dropout off), keys prefixed 'eval/'.
+    Under torchrun each rank scores its slice of every micro-batch and the sums are all-reduced."""
     was_training = model.training
     model.eval()
     sums, n = {}, 0
     B = cfg.train.batch_size
     for i in range(math.ceil(s.n_main / B)):
-        mb = micro_batch(s, i, B, cfg.train.seed, ordered=True)
+        mb, count = shard_micro_batch(micro_batch(s, i, B, cfg.train.seed, ordered=True), world.rank, world.size)
         with autocast():
-            loss, metrics, _ = compute_loss(model, s, mb, ref, cfg, pad_id, device)
+            loss, metrics, _ = D.run_forward(model, compute_loss, model, s, mb, ref, cfg, pad_id, device)
         for k, v in {"loss": loss.item(), **metrics}.items():
-            sums[k] = sums.get(k, 0.0) + v * len(mb.main)
-        n += len(mb.main)
+            sums[k] = sums.get(k, 0.0) + v * count
+        n += count
     model.train(was_training)
+    sums = D.all_reduce_sums({**sums, _COUNT: n}, world)
+    n = sums.pop(_COUNT)
     return {f"eval/{k}": v / n for k, v in sums.items()}
 
 
@@ -243,8 +272,17 @@ def _truncate_metrics(run_dir: Path, step: int) -> None:
     """Drop metrics logged after the checkpoint being resumed (they will be logged again)."""
     path = run_dir / "metrics.jsonl"
     if path.is_file():
-        keep = [l for l in path.read_text(encoding="utf-8").splitlines() if l.strip() and json.loads(l)["step"] <= step]
+        rows = [(l, _parse_row(l)) for l in path.read_text(encoding="utf-8").splitlines()]
+        keep = [l for l, row in rows if row is not None and row["step"] <= step]
         ckpt.write_text_atomic(path, "".join(l + "\n" for l in keep))
+
+
+def _parse_row(line: str) -> dict | None:
+    """A metrics row, or None for a blank line or one cut short by a killed run."""
+    try:
+        return json.loads(line) if line.strip() else None
+    except ValueError:
+        return None
 
 
 # ----------------------------------------------------------------------------- the run
@@ -276,35 +314,62 @@ def prepare(cfg: Config, resume: bool):
     return run_dir, device, tokenizer, train_s, val_s, dropped + val_dropped
 
 
-def train(cfg: Config, resume: bool = False) -> Path:
-    """Run one training job; returns the final adapter directory."""
-    run_dir, device, tokenizer, train_s, val_s, dropped = prepare(cfg, resume)
-    dtype = pick_dtype(cfg.model.dtype, device)
-    model = load_model(cfg.model.path, dtype, device, cfg.model.attn_implementation)
-    t = cfg.train
+def _build_model(cfg: Config, dtype, device, world: D.World):
+    """The model with LoRA on ``device``: (model, LoRA module paths). Under torchrun it is loaded on
+    the CPU and sharded with FSDP2, which moves each rank's shards to ``device``."""
+    model = load_model(cfg.model.path, dtype, torch.device("cpu") if world.distributed else device,
+                       cfg.model.attn_implementation)
     if cfg.lora.init_from:
         wrapped = load_adapter(model, cfg.lora.init_from, dropout=cfg.lora.dropout, trainable=True)
     else:
         wrapped = inject_lora(model, cfg.lora.target_modules, cfg.lora.exclude_modules, r=cfg.lora.r,
                               alpha=cfg.lora.alpha, dropout=cfg.lora.dropout, use_rslora=cfg.lora.use_rslora,
-                              seed=t.seed)
-    model.to(device)
+                              seed=cfg.train.seed)
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if world.distributed:
+        D.shard_model(model, world, device)
+    else:
+        model.to(device)
+    return model, wrapped
+
+
+class _NoMetrics:
+    """The metrics writer of ranks other than 0."""
+
+    def write(self, step: int, metrics: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def train(cfg: Config, resume: bool = False) -> Path:
+    """Run one training job; returns the final adapter directory. Under torchrun every rank calls it."""
+    world = D.init_distributed(pick_device(cfg.train.device))
+    run_dir, device, tokenizer, train_s, val_s, dropped = prepare(cfg, resume)
+    device = D.local_device(device, world)
+    D.barrier(world)  # every rank has checked output_dir before rank 0 writes into it
+    dtype = pick_dtype(cfg.model.dtype, device)
+    model, wrapped = _build_model(cfg, dtype, device, world)
+    t = cfg.train
     use_amp = device.type == "cuda" and dtype != torch.float32
+    log = (lambda msg: print(msg, file=sys.stderr)) if world.main else (lambda msg: None)
 
     def autocast():
         return torch.autocast("cuda", dtype=dtype) if use_amp else contextlib.nullcontext()
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not (run_dir / "config.yaml").is_file():
-        save_config(cfg, run_dir / "config.yaml", sections=("output_dir",) + _TRAINING_SECTIONS)
+    if world.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not (run_dir / "config.yaml").is_file():
+            save_config(cfg, run_dir / "config.yaml", sections=("output_dir",) + _TRAINING_SECTIONS)
     pad_id = tokenizer.pad_token_id
     ref = val_ref = None
     if train_s.pairs:
-        ref = cached_reference(run_dir / "ref_logps.safetensors", model, train_s, cfg, pad_id, device, autocast)
+        ref = cached_reference(run_dir / "ref_logps.safetensors", model, train_s, cfg, pad_id, device, autocast, world)
     if val_s.pairs:
-        val_ref = cached_reference(run_dir / "ref_logps_val.safetensors", model, val_s, cfg, pad_id, device, autocast)
+        val_ref = cached_reference(run_dir / "ref_logps_val.safetensors", model, val_s, cfg, pad_id, device,
+                                   autocast, world)
 
     params = trainable_parameters(model)
     optimizer = torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.adam_betas), weight_decay=t.weight_decay)
@@ -313,42 +378,52 @@ def train(cfg: Config, resume: bool = False) -> Path:
     warmup = math.ceil(t.warmup_ratio * total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, warmup, t.scheduler))
     step = 0
-    torch.manual_seed(t.seed)  # dropout stream; restored from the checkpoint on resume
+    torch.manual_seed(t.seed + world.rank)  # dropout stream (per rank); restored from the checkpoint on resume
     last = ckpt.latest_checkpoint(run_dir) if resume else None
     if last is not None:
-        step = ckpt.load_checkpoint(last, model, optimizer, scheduler)["step"]
-        _truncate_metrics(run_dir, step)
-        print(f"resuming {run_dir} from {last.name} (step {step}/{total_steps})", file=sys.stderr)
+        step = ckpt.load_checkpoint(last, model, optimizer, scheduler, world)["step"]
+        if world.main:
+            _truncate_metrics(run_dir, step)
+        log(f"resuming {run_dir} from {last.name} (step {step}/{total_steps})")
     elif resume:
-        print(f"resume: no checkpoint in {run_dir}, starting from scratch", file=sys.stderr)
+        if world.main:
+            _truncate_metrics(run_dir, -1)  # rows of a run killed before its first checkpoint
+        log(f"resume: no checkpoint in {run_dir}, starting from scratch")
 
     n_base = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in params)
-    print(f"{cfg.method.name}: {len(wrapped)} LoRA modules, {sum(p.numel() for p in params):,} trainable / "
-          f"{n_base:,} frozen parameters; {train_s.n_main} train items ({len(train_s.near)} near, "
-          f"{len(train_s.out)} out), {val_s.n_main} validation; {dropped} rows dropped by truncation; "
-          f"{total_steps} optimizer steps on {device}", file=sys.stderr)
-    writer = MetricsWriter(run_dir, t.report_to, run_name=run_dir.name, config=to_dict(cfg))
-    bar = _progress(t.progress, total_steps, step)
+    ranks = f" × {world.size} ranks (FSDP2)" if world.distributed else ""
+    log(f"{cfg.method.name}: {len(wrapped)} LoRA modules, {sum(p.numel() for p in params):,} trainable / "
+        f"{n_base:,} frozen parameters; {train_s.n_main} train items ({len(train_s.near)} near, "
+        f"{len(train_s.out)} out), {val_s.n_main} validation; {dropped} rows dropped by truncation; "
+        f"{total_steps} optimizer steps on {device}{ranks}")
+    writer = (MetricsWriter(run_dir, t.report_to, run_name=run_dir.name, config=to_dict(cfg)) if world.main
+              else _NoMetrics())
+    bar = _progress(t.progress and world.main, total_steps, step)
     row: dict = {}
     first_eval = last_eval = None
     try:
         if val_s.n_main and step == 0:  # the starting point, for comparison
-            first_eval = validate(model, val_s, val_ref, cfg, pad_id, device, autocast)
+            first_eval = validate(model, val_s, val_ref, cfg, pad_id, device, autocast, world)
             writer.write(0, first_eval)
         model.train()
         while step < total_steps:
             t0, sums, tokens = time.perf_counter(), {}, 0
             for a in range(t.grad_accum):
-                mb = micro_batch(train_s, step * t.grad_accum + a, t.batch_size, t.seed)
+                mb, count = shard_micro_batch(micro_batch(train_s, step * t.grad_accum + a, t.batch_size, t.seed),
+                                              world.rank, world.size)
+                share = count / t.batch_size  # of the global micro-batch (1 in a single process)
+                D.set_gradient_sync(model, a == t.grad_accum - 1)
                 with autocast():
-                    loss, metrics, n = compute_loss(model, train_s, mb, ref, cfg, pad_id, device)
-                if not torch.isfinite(loss):
+                    loss, metrics, n = D.run_forward(model, compute_loss, model, train_s, mb, ref, cfg, pad_id, device)
+                if not D.all_true(bool(torch.isfinite(loss)), world):
                     raise _diverged(step + 1, "loss", run_dir)
-                (loss / t.grad_accum).backward()
-                tokens += n
+                (loss * share / t.grad_accum).backward()  # FSDP sums the ranks' shares of the global mean
+                tokens += n if count else 0
                 for k, v in {"loss": loss.item(), **metrics}.items():
-                    sums[k] = sums.get(k, 0.0) + v / t.grad_accum
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
+                    sums[k] = sums.get(k, 0.0) + v * share / t.grad_accum
+            sums = D.all_reduce_sums({**sums, _COUNT: tokens}, world)
+            tokens = sums.pop(_COUNT)
+            grad_norm = D.clip_grad_norm(params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
             if not torch.isfinite(grad_norm):
                 raise _diverged(step + 1, "gradient norm", run_dir)
             lr = scheduler.get_last_lr()[0]
@@ -362,7 +437,7 @@ def train(cfg: Config, resume: bool = False) -> Path:
             if step % t.log_every == 0 or step == total_steps:
                 writer.write(step, row)
             if val_s.n_main and ((t.eval_every and step % t.eval_every == 0) or step == total_steps):
-                last_eval = validate(model, val_s, val_ref, cfg, pad_id, device, autocast)
+                last_eval = validate(model, val_s, val_ref, cfg, pad_id, device, autocast, world)
                 writer.write(step, last_eval)
             bar.update(1)
             bar.set_postfix(_postfix(row), refresh=False)
@@ -370,19 +445,24 @@ def train(cfg: Config, resume: bool = False) -> Path:
             if (t.save_every and step % t.save_every == 0) or stopping or step == total_steps:
                 ckpt.save_checkpoint(run_dir, step, model, optimizer, scheduler,
                                      {"step": step, "micro_batch": step * t.grad_accum, "total_steps": total_steps,
-                                      "metrics": row}, cfg.model.path, t.save_total_limit)
+                                      "metrics": row}, cfg.model.path, t.save_total_limit, world)
             if stopping:
-                print(f"stopped after step {step} (train.stop_at_step); continue with --resume", file=sys.stderr)
+                log(f"stopped after step {step} (train.stop_at_step); continue with --resume")
                 return run_dir / "checkpoints"
     finally:
         bar.close()
         writer.close()
-    out = save_adapter(model, run_dir / "adapter", base_model_name_or_path=cfg.model.path)
-    (run_dir / "train_summary.json").write_text(json.dumps(
-        {"steps": step, "dropped_rows": dropped, "train_items": train_s.n_main, "final": row}, indent=2) + "\n")
+    out = run_dir / "adapter"
+    full = D.full_adapter_state(model, world)  # collective: the whole adapter on rank 0
+    if world.main:
+        save_adapter(model, out, base_model_name_or_path=cfg.model.path, tensors=full)
+        (run_dir / "train_summary.json").write_text(json.dumps(
+            {"steps": step, "dropped_rows": dropped, "train_items": train_s.n_main, "world_size": world.size,
+             "final": row}, indent=2) + "\n")
+    D.barrier(world)  # the adapter is in place before any rank returns its path
     if first_eval and last_eval:
-        print(_eval_summary(first_eval, last_eval), file=sys.stderr)
-    print(f"saved adapter to {out}", file=sys.stderr)
+        log(_eval_summary(first_eval, last_eval))
+    log(f"saved adapter to {out}")
     return out
 
 
@@ -422,10 +502,13 @@ def main(argv: list[str] | None = None) -> None:
     with exit_on_user_error():
         cfg = load_config(args.config, args.overrides)
         runs = expand_sweep(cfg, args.config)
-        for name, run_cfg in runs:
-            if name:
-                print(f"sweep point {name} -> {run_cfg.output_dir}", file=sys.stderr)
-            train(run_cfg, resume=args.resume)
+        try:
+            for name, run_cfg in runs:
+                if name and os.environ.get("RANK", "0") == "0":
+                    print(f"sweep point {name} -> {run_cfg.output_dir}", file=sys.stderr)
+                train(run_cfg, resume=args.resume)
+        finally:
+            D.shutdown()
 
 
 if __name__ == "__main__":
