@@ -9,6 +9,7 @@ adapter; ``export`` writes base + adapter as a plain merged Hugging Face model d
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from rlvf.errors import UserError, exit_on_user_error
@@ -19,9 +20,12 @@ def _weighted(text: str) -> tuple[str, float]:
     if not sep:
         return text, 1.0
     try:
-        return path, float(weight)
+        value = float(weight)
     except ValueError:
         raise UserError(f"--adapter {text}: expected PATH or PATH:WEIGHT, e.g. runs/a/adapter:0.5") from None
+    if not math.isfinite(value):
+        raise UserError(f"--adapter {text}: the weight must be a finite number, got {weight}")
+    return path, value
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -43,6 +43,27 @@ _Loader.add_implicit_resolver(
 )
 
 
+def _construct_mapping(loader, node, deep=False):
+    """A mapping whose keys are unique: YAML would silently keep the last of two equal keys. (Keys
+    merged in with ``<<: *anchor`` may still be overridden, as YAML intends.)"""
+    seen = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first given at line {seen[key]})", key_node.start_mark)
+        except TypeError:  # an unhashable key: SafeLoader reports it itself
+            break
+        seen[key] = key_node.start_mark.line + 1
+    return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
 def yaml_load(text: str):
     return yaml.load(text, Loader=_Loader)
 
@@ -229,6 +250,9 @@ def _coerce(value, tp, key: str, where: str):
             raise bad
         return value
     if origin in (Union, types.UnionType):
+        structured = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+        if isinstance(value, dict) and len(structured) == 1:  # a section: report its own first problem
+            return _coerce(value, structured[0], key, where)
         for arg in typing.get_args(tp):
             try:
                 return _coerce(value, arg, key, where)
@@ -282,12 +306,41 @@ def _unknown_key(cls, key: str, name: str, where: str) -> UserError:
     return UserError(f"{where}: {key}: unknown key{hint}")
 
 
+# Keys that would hold a credential; a config names the environment variable instead (api_key_env).
+SECRET_KEYS = frozenset({"api_key", "apikey", "api_token", "token", "access_token", "auth_token", "secret",
+                         "secret_key", "password", "authorization", "bearer", "openai_api_key"})
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _secret_key(cls, key: str, where: str) -> UserError:
+    prefix = key.rsplit(".", 1)[0] + "." if "." in key else ""
+    names = {f.name for f in dataclasses.fields(cls)}
+    target = f"{prefix}api_key_env" if "api_key_env" in names else "the endpoint's api_key_env"
+    return UserError(f"{where}: {key}: credentials are never written in config files (they would be copied into "
+                     f"saved configs and logs); export the key in an environment variable and name that variable "
+                     f"in {target}, e.g. api_key_env: OPENAI_API_KEY")
+
+
+def _check_special(name: str, value, key: str, where: str) -> None:
+    """Fields whose values must not carry a credential."""
+    if name == "api_key_env" and isinstance(value, str) and not _ENV_NAME.fullmatch(value):
+        raise UserError(f"{where}: {key}: must be the NAME of an environment variable (letters, digits and _, "
+                        "e.g. OPENAI_API_KEY), not the key itself; export the key in that variable")
+    if name == "base_url" and isinstance(value, str) and "@" in value.split("//", 1)[-1].split("/", 1)[0]:
+        raise UserError(f"{where}: {key}: holds credentials (user:password@); remove them from the URL and "
+                        "put the key in the environment variable named by api_key_env")
+
+
 def _build(cls, raw: dict, prefix: str, where: str):
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     for name in raw:
         if name not in names:
-            raise _unknown_key(cls, f"{prefix}.{name}" if prefix else str(name), str(name), where)
+            full = f"{prefix}.{name}" if prefix else str(name)
+            if str(name).lower().replace("-", "_") in SECRET_KEYS:
+                raise _secret_key(cls, full, where)
+            raise _unknown_key(cls, full, str(name), where)
+        _check_special(name, raw[name], f"{prefix}.{name}" if prefix else name, where)
     kwargs = {}
     for f in dataclasses.fields(cls):
         key = f"{prefix}.{f.name}" if prefix else f.name
@@ -322,6 +375,11 @@ def validate(cfg: Config, where: str) -> Config:
     _check(lo.alpha > 0, where, "lora.alpha", f"must be positive, got {lo.alpha}")
     _check(0 <= lo.dropout < 1, where, "lora.dropout", f"must be in [0, 1), got {lo.dropout}")
     _check(len(d.dirs) > 0, where, "data.dirs", "needs at least one data directory")
+    for i, data_dir in enumerate(d.dirs):  # the stages read and write these as directories
+        _check(not Path(data_dir).exists() or Path(data_dir).is_dir(), where, f"data.dirs[{i}]",
+               f"{data_dir} exists and is not a directory")
+    _check(not Path(cfg.output_dir).exists() or Path(cfg.output_dir).is_dir(), where, "output_dir",
+           f"{cfg.output_dir} exists and is not a directory")
     _check(d.max_length > 0, where, "data.max_length", f"must be positive, got {d.max_length}")
     _check(0 < d.max_prompt_length <= d.max_length, where, "data.max_prompt_length",
            f"must be in [1, data.max_length={d.max_length}], got {d.max_prompt_length}")
@@ -361,9 +419,13 @@ def _set_dotted(raw: dict, key: str, value, where: str, root=None) -> None:
     cls, node, parts = root or Config, raw, key.split(".")
     for i, part in enumerate(parts):
         names = {f.name: f for f in dataclasses.fields(cls)}
+        if part not in names and part.lower().replace("-", "_") in SECRET_KEYS:
+            raise _secret_key(cls, ".".join(parts[: i + 1]), where)
         if part not in names:
             raise _unknown_key(cls, ".".join(parts[: i + 1]), part, where)
         tp = typing.get_type_hints(cls)[part]
+        if typing.get_origin(tp) in (Union, types.UnionType):  # an optional section: its dataclass
+            tp = next((a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)), tp)
         if i == len(parts) - 1:
             node[part] = value
         elif not dataclasses.is_dataclass(tp):
@@ -396,15 +458,40 @@ def read_yaml(path: str | Path, what: str = "config") -> dict:
         raise UserError(f"{path}: cannot read {what} file ({err})") from None
     try:
         raw = yaml_load(text)
+        size = _expanded_size(raw, MAX_YAML_NODES)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark else ""
         raise UserError(f"{path}: invalid YAML{line}: {getattr(err, 'problem', err)}") from None
+    except RecursionError:
+        raise UserError(f"{path}: invalid YAML: nested too deeply") from None
+    if size > MAX_YAML_NODES:
+        raise UserError(f"{path}: more than {MAX_YAML_NODES:,} values once its aliases (*name) are expanded; "
+                        f"a {what} file is small (is this an alias bomb?)")
     if raw is None:
         raise UserError(f"{path}: {what} file is empty")
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
     return raw
+
+
+MAX_YAML_NODES = 100_000  # values in a config or feedback file, aliases expanded (a real one has hundreds)
+
+
+def _expanded_size(value, budget: int) -> int:
+    """Number of values in ``value`` counting every alias use separately, stopping past ``budget``:
+    YAML aliases share objects, so a few lines can stand for billions of values that a deep copy
+    (dataclasses.asdict, yaml.safe_dump) would then build."""
+    count, stack = 0, [value]
+    while stack and count <= budget:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return count
 
 
 def config_from_dict(raw: dict, where: str, cls=None) -> Config:

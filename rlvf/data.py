@@ -32,39 +32,86 @@ def scope_file(data_dir: str | Path, scope: str, split: str = "train") -> Path:
     return Path(data_dir) / f"{scope}_{split}.jsonl"
 
 
+MAX_LINE_BYTES = 16 * 1024 * 1024  # one row; a longer line is refused before it is read whole
+
+
+def _read_lines(f, path: Path):
+    """(line number, bytes) of a binary file, refusing a line longer than MAX_LINE_BYTES without
+    reading the rest of it into memory."""
+    lineno = 0
+    while True:
+        raw = f.readline(MAX_LINE_BYTES + 1)
+        if not raw:
+            return
+        lineno += 1
+        if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+            raise UserError(f"{path}:{lineno}: line longer than {MAX_LINE_BYTES // 2**20} MiB; one JSON object "
+                            "per line is expected (is this really a JSON Lines file?)")
+        yield lineno, raw
+
+
+def _check_text(row: dict, key: str, where: str) -> None:
+    if key not in row:
+        raise UserError(f"{where}: missing field '{key}'")
+    value = row[key]
+    if not isinstance(value, str):
+        raise UserError(f"{where}: field '{key}' must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise UserError(f"{where}: field '{key}' is empty")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UserError(f"{where}: field '{key}' holds an unpaired surrogate escape (e.g. \\ud800); "
+                        "not valid Unicode text") from None
+
+
+def _row_id(row: dict, lineno: int, where: str) -> str:
+    if "id" not in row:
+        return str(lineno)
+    value = row["id"]
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or (isinstance(value, str) and not value.strip()):
+        raise UserError(f"{where}: field 'id' must be a non-empty string or an integer, got {value!r}")
+    return str(value)
+
+
 def read_rows(path: str | Path, required: tuple[str, ...]) -> list[dict]:
-    """Rows of a JSONL file; each must have non-empty string ``id``-able and ``required`` fields.
+    """Rows of a JSONL file; each must have non-empty string ``prompt`` and ``required`` fields.
 
     Raises UserError('<file>:<line>: ...') for a missing file, bad UTF-8/JSON, a non-object row,
-    a missing field, a non-string or empty text, a duplicate id, or an empty file.
+    a missing field, a non-string, empty or invalid text, a bad or duplicate id, a line over
+    MAX_LINE_BYTES, or an empty file. A UTF-8 byte-order mark at the start is allowed.
     """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: data file not found")
+    try:
+        return _parse_rows(path, required)
+    except OSError as err:  # unreadable (permissions, a directory named *.jsonl, I/O error)
+        raise UserError(f"{path}: cannot read data file ({err.strerror or err})") from None
+
+
+def _parse_rows(path: Path, required: tuple[str, ...]) -> list[dict]:
     rows, seen = [], set()
     with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
+        for lineno, raw in _read_lines(f, path):
             where = f"{path}:{lineno}"
             try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise UserError(f"{where}: not valid UTF-8") from None
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as err:
+                raise UserError(f"{where}: not valid UTF-8 (byte {raw[err.start]:#04x} at column {err.start + 1})") from None
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
-                raise UserError(f"{where}: not valid JSON ({err.msg})") from None
+                raise UserError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
+            except RecursionError:
+                raise UserError(f"{where}: not valid JSON (nested too deeply)") from None
             if not isinstance(row, dict):
                 raise UserError(f"{where}: expected a JSON object, got {type(row).__name__}")
             for key in ("prompt", *required):
-                if key not in row:
-                    raise UserError(f"{where}: missing field '{key}'")
-                if not isinstance(row[key], str):
-                    raise UserError(f"{where}: field '{key}' must be a string, got {type(row[key]).__name__}")
-                if not row[key].strip():
-                    raise UserError(f"{where}: field '{key}' is empty")
-            row_id = str(row.get("id", lineno))
+                _check_text(row, key, where)
+            row_id = _row_id(row, lineno, where)
             if row_id in seen:
                 raise UserError(f"{where}: duplicate id {row_id!r}")
             seen.add(row_id)

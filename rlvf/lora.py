@@ -61,6 +61,12 @@ class LoRALinear(nn.Module):
     frozen. ``lora_A`` (r, in) and ``lora_B`` (out, r) are float32 whatever the base dtype: the
     adapter path runs in fp32 (autocast off) and is cast to the base output's dtype, so a bf16
     base with fp32 adapters trains without the update drowning in bf16 rounding.
+
+    The adapter path is one autograd.Function (``_LoRABranch``) that saves only x, in its own
+    dtype, and h = dropout(x) Aᵀ (…, r) for backward; the dropout mask is redrawn in backward
+    from a seed. nn.Dropout followed by nn.Linear (as in PEFT) would keep the mask and a
+    dropped-out fp32 copy of x per layer instead. ``lora_A`` / ``lora_B`` stay nn.Linear
+    modules (PEFT key names), but forward uses their weights directly.
     """
 
     def __init__(
@@ -113,10 +119,11 @@ class LoRALinear(nn.Module):
         y = F.linear(x, self.weight, self.bias)  # (..., out), exactly nn.Linear
         if self.disabled or self.merged:
             return y
+        p = self.dropout.p if isinstance(self.dropout, nn.Dropout) and self.dropout.training else 0.0
+        seed = _draw_seed() if p > 0 else 0
         with torch.autocast(device_type=x.device.type, enabled=False):
-            h = self.lora_A(self.dropout(x.float()))  # (..., r) fp32
-            delta = self.lora_B(h) * self.scaling  # (..., out) fp32
-        return y + delta.to(y.dtype)
+            delta = _LoRABranch.apply(x, self.lora_A.weight, self.lora_B.weight, self.scaling, p, seed)
+        return y + delta.to(y.dtype)  # delta (..., out) fp32
 
     def delta_weight(self) -> torch.Tensor:
         """ΔW = s · B A, (out, in) float32."""
@@ -146,6 +153,66 @@ class LoRALinear(nn.Module):
             f"bias={self.bias is not None}, r={self.r}, alpha={self.alpha}, "
             f"scaling={self.scaling:.4g}, use_rslora={self.use_rslora}, merged={self.merged}"
         )
+
+
+def _draw_seed() -> int:
+    """A dropout seed from the global CPU RNG: seeded runs repeat, and activation checkpointing
+    (which restores the RNG state before recomputing) redraws the same mask."""
+    return int(torch.randint(0, 2**62, (), dtype=torch.int64))
+
+
+def _keep_mask(shape: torch.Size, p: float, seed: int, device: torch.device) -> torch.Tensor:
+    """Dropout keep mask M ~ Bernoulli(1 − p) as 0./1. fp32, from ``seed``: (shape).
+
+    The same (shape, p, seed, device) always gives the same mask, so backward can redraw it.
+    """
+    generator = torch.Generator(device=device).manual_seed(seed)
+    return torch.empty(shape, dtype=torch.float32, device=device).bernoulli_(1.0 - p, generator=generator)
+
+
+class _LoRABranch(torch.autograd.Function):
+    """δ = s · (dropout(x) Aᵀ) Bᵀ in fp32, with x (…, in), A (r, in), B (out, r) → (…, out).
+
+    dropout(x) = (x ⊙ M) · c with M the keep mask and c = 1/(1 − p) (M = 1, c = 1 when p = 0); c is
+    applied to the small (N, r) tensors. With g = ∂L/∂δ, h = (x ⊙ M) Aᵀ c and u = s · c · (g B):
+
+        ∂L/∂B = s · gᵀ h        ∂L/∂A = uᵀ (x ⊙ M)        ∂L/∂x = (u A) ⊙ M
+
+    Saved for backward: x (its own dtype) and h (N, r); M is redrawn from ``seed``. No (N, out)
+    or extra (N, in) tensor is kept; backward builds x ⊙ M and u A one at a time.
+    """
+
+    @staticmethod
+    def forward(ctx, x, A, B, scaling, p, seed):
+        x2 = x.reshape(-1, x.shape[-1])  # (N, in), a view when x is contiguous
+        xd = x2.float()  # (N, in) fp32
+        if p > 0:
+            xd = xd * _keep_mask(xd.shape, p, seed, xd.device)
+        h = (xd @ A.T).mul_(1.0 / (1.0 - p))  # (N, r)
+        del xd
+        ctx.save_for_backward(x2, A, B, h)
+        ctx.scaling, ctx.p, ctx.seed, ctx.x_shape = scaling, p, seed, x.shape
+        # A 3-d @ 2-d matmul returns a fresh (…, out) tensor, not a view of an (N, out) one.
+        return (h.view(*x.shape[:-1], -1) @ B.T).mul_(scaling)  # (…, out)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x2, A, B, h = ctx.saved_tensors
+        need_x, need_A, need_B = ctx.needs_input_grad[:3]
+        p, s = ctx.p, ctx.scaling
+        g = grad.reshape(-1, grad.shape[-1]).float()  # (N, out), fp32 like the output
+        grad_B = (g.T @ h).mul_(s) if need_B else None  # (out, r)
+        u = (g @ B).mul_(s / (1.0 - p))  # (N, r)
+        del g
+        mask = _keep_mask(x2.shape, p, ctx.seed, x2.device) if p > 0 and (need_x or need_A) else None
+        grad_A = grad_x = None
+        if need_A:
+            grad_A = u.T @ (x2.float() if mask is None else x2.float() * mask)  # (r, in)
+        if need_x:
+            # (…, in), fresh (not a view), so autograd can add the base layer's ∂L/∂x into it in place
+            gx = u.view(*ctx.x_shape[:-1], -1) @ A
+            grad_x = (gx if mask is None else gx.mul_(mask.view_as(gx))).to(x2.dtype)
+        return grad_x, grad_A, grad_B, None, None, None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -366,13 +433,17 @@ def _most_common(values: list):
 
 
 def save_adapter(
-    model: nn.Module, out_dir: str | Path, base_model_name_or_path: str | None = None
+    model: nn.Module,
+    out_dir: str | Path,
+    base_model_name_or_path: str | None = None,
+    tensors: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write the model's adapters as a PEFT LoRA folder (loadable by PEFT and vLLM); return it.
 
     ``base_model_name_or_path`` defaults to ``model.name_or_path``. r and lora_alpha are the most
     common values; modules that differ go to rank_pattern/alpha_pattern under their full paths.
-    The folder is written beside ``out_dir`` and renamed into place when complete.
+    The folder is written beside ``out_dir`` and renamed into place when complete. ``tensors``
+    (keyed like ``lora_state_dict``, e.g. gathered from FSDP shards) replaces the model's own.
     """
     modules = lora_modules(model)
     if not modules:
@@ -395,7 +466,7 @@ def save_adapter(
     )
     tensors = {  # fp32, contiguous, on the CPU
         PEFT_PREFIX + key: t.to("cpu", torch.float32).contiguous()
-        for key, t in lora_state_dict(model).items()
+        for key, t in (lora_state_dict(model) if tensors is None else tensors).items()
     }
     return _write_adapter(out_dir, config, tensors)
 
@@ -468,9 +539,36 @@ def _read_config(adapter_dir: Path) -> dict:
             )
     for key in ("r", "lora_alpha"):
         value = config.get(key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
             raise UserError(f"{path}: {key} must be a positive number, got {value!r}")
+    if isinstance(config["r"], float) and not config["r"].is_integer():
+        raise UserError(f"{path}: r must be a whole number, got {config['r']!r}")
+    _check_patterns(config, path)
+    targets = config.get("target_modules")
+    if not (targets is None or isinstance(targets, str)
+            or (isinstance(targets, list) and all(isinstance(t, str) and t for t in targets))):
+        raise UserError(f"{path}: target_modules must be a list of module names or a regex string, got {targets!r}")
+    if isinstance(targets, str) and targets != "all-linear":
+        try:
+            re.compile(targets)
+        except re.error as err:
+            raise UserError(f"{path}: target_modules {targets!r} is not a valid regex ({err})") from None
     return config
+
+
+def _check_patterns(config: dict, path: Path) -> None:
+    """rank_pattern / alpha_pattern: {regex: positive number}."""
+    for key in ("rank_pattern", "alpha_pattern"):
+        patterns = config.get(key) or {}
+        if not isinstance(patterns, dict):
+            raise UserError(f"{path}: {key} must be a mapping of module regex to number, got {patterns!r}")
+        for pattern, value in patterns.items():
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise UserError(f"{path}: {key} key {pattern!r} is not a valid regex ({err})") from None
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+                raise UserError(f"{path}: {key}[{pattern!r}] must be a positive number, got {value!r}")
 
 
 def _read_weights(adapter_dir: Path) -> dict[str, dict[str, torch.Tensor]]:
@@ -498,8 +596,18 @@ def _read_weights(adapter_dir: Path) -> dict[str, dict[str, torch.Tensor]]:
     for module, pair in weights.items():
         if set(pair) != {"lora_A", "lora_B"}:
             raise UserError(f"{path}: {module!r} has {sorted(pair)} but needs lora_A and lora_B")
-        if pair["lora_A"].ndim != 2 or pair["lora_B"].ndim != 2:
-            raise UserError(f"{path}: {module!r} lora_A/lora_B must be 2-D matrices")
+        for part, t in pair.items():
+            name = f"{PEFT_PREFIX}{module}.{part}.weight"
+            if t.ndim != 2:
+                raise UserError(f"{path}: {name} has shape {tuple(t.shape)}; LoRA weights are 2-D matrices")
+            if not t.is_floating_point():
+                raise UserError(f"{path}: {name} has dtype {t.dtype}; LoRA weights are floating point")
+            if not torch.isfinite(t).all():
+                raise UserError(f"{path}: {name} holds NaN or infinite values; the adapter is broken "
+                                "(was its training run diverging?)")
+        if pair["lora_A"].shape[0] != pair["lora_B"].shape[1]:
+            raise UserError(f"{path}: {module}: lora_A is {tuple(pair['lora_A'].shape)} and lora_B is "
+                            f"{tuple(pair['lora_B'].shape)}; their ranks (A rows, B columns) must agree")
     if not weights:
         raise UserError(f"{path}: holds no LoRA weights")
     return weights
@@ -557,6 +665,30 @@ def _linear_for_key(model: nn.Module, path: str, file: Path) -> nn.Linear:
     return module
 
 
+def _check_targets(model: nn.Module, config: dict, modules: list[str], adapter_dir: Path) -> None:
+    """adapter_config.json's target_modules must name layers of ``model`` and cover every module
+    with weights: PEFT and vLLM wrap the target_modules and silently ignore other weights."""
+    targets = config.get("target_modules")
+    if targets is None:
+        return
+    linear = [p for p, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if isinstance(targets, list):
+        for name in targets:
+            if not any(_matches(p, [name]) for p in linear):
+                raise UserError(
+                    f"{adapter_dir / CONFIG_NAME}: target_modules entry {name!r} matches no linear layer of "
+                    f"{type(model).__name__} — adapter for a different base model?"
+                )
+    if targets == "all-linear":
+        return
+    for module in modules:
+        if not _matches(module, targets):
+            raise UserError(
+                f"{adapter_dir / WEIGHTS_NAME}: {module} has LoRA weights but is not in {CONFIG_NAME} "
+                f"target_modules {targets!r}; PEFT and vLLM would ignore them (fix target_modules)"
+            )
+
+
 def load_adapter(
     model: nn.Module, adapter_dir: str | Path, dropout: float | None = None, trainable: bool = False
 ) -> list[str]:
@@ -603,8 +735,9 @@ def read_adapter(model: nn.Module, adapter_dir: str | Path) -> tuple[dict, list[
     adapter_dir = Path(adapter_dir)
     config, weights = _read_config(adapter_dir), _read_weights(adapter_dir)
     file, rslora, plan = adapter_dir / WEIGHTS_NAME, bool(config.get("use_rslora", False)), []
-    for path in sorted(weights):
-        base = _linear_for_key(model, path, file)
+    bases = {path: _linear_for_key(model, path, file) for path in sorted(weights)}
+    _check_targets(model, config, sorted(weights), adapter_dir)
+    for path, base in bases.items():
         r = _check_shapes(file, path, weights[path], config, base.in_features, base.out_features)
         plan.append(AdapterModule(path, base, weights[path]["lora_A"], weights[path]["lora_B"], r,
                                   _module_rank_alpha(config, path)[1], rslora))

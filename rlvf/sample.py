@@ -318,7 +318,12 @@ def check_ready(cfg: PipelineConfig, where: str) -> None:
     """Errors a user can cause, before anything is written."""
     if not cfg.feedback:
         raise UserError(f"{where}: feedback: missing required value (one feedback name or YAML path per data.dirs entry)")
-    load_feedbacks(cfg.feedback)
+    s = cfg.sample
+    if s.general_prompts != "tinyworld" and not Path(s.general_prompts).exists():
+        raise UserError(f"{where}: sample.general_prompts: {s.general_prompts} not found (give 'tinyworld', a JSONL "
+                        "file with a 'prompt' field per line, or a datasets directory with a 'prompt' column)")
+    for fb in load_feedbacks(cfg.feedback):  # reads (and so checks) the general-prompt source up front
+        general_prompts(s.general_prompts, 1, fb, s.seed, set())
 
 
 def main(argv: list[str] | None = None) -> None:

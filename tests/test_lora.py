@@ -161,6 +161,62 @@ def test_merge_unmerge_round_trip():
         layer.unmerge()
 
 
+def _plain_lora_grads(layer, x, upstream, scale):
+    """y = x Wᵀ + b + s·((x ⊙ D) Aᵀ) Bᵀ through plain autograd, D the dropout multiplier."""
+    W, b = layer.weight, layer.bias
+    A = layer.lora_A.weight.detach().clone().requires_grad_(True)
+    B = layer.lora_B.weight.detach().clone().requires_grad_(True)
+    x = x.detach().clone().requires_grad_(True)
+    y = x @ W.T + b + layer.scaling * ((x * scale) @ A.T @ B.T)  # (…, out)
+    (y * upstream).sum().backward()
+    return y, x.grad, A.grad, B.grad
+
+
+@pytest.mark.parametrize("p", [0.0, 0.3])
+def test_lora_branch_backward_matches_plain_autograd(p):
+    """The custom autograd.Function (mask redrawn from a seed in backward) against autograd of the
+    plain formula with the same mask: D = M/(1 − p), M the Bernoulli(1 − p) keep mask."""
+    from rlvf.lora import _draw_seed, _keep_mask
+
+    torch.manual_seed(0)
+    layer = LoRALinear(nn.Linear(13, 7), r=3, alpha=6, dropout=p).train()
+    nn.init.normal_(layer.lora_B.weight)
+    x = torch.randn(4, 5, 13, requires_grad=True)
+    upstream = torch.randn(4, 5, 7)
+    torch.manual_seed(123)
+    y = layer(x)
+    (y * upstream).sum().backward()
+    torch.manual_seed(123)  # the layer draws its seed from the global RNG: draw the same one
+    mask = _keep_mask(torch.Size([20, 13]), p, _draw_seed(), x.device).reshape(4, 5, 13) if p else None
+    if p:
+        assert torch.isin(mask, torch.tensor([0.0, 1.0])).all() and (mask == 0).any() and (mask == 1).any()
+    scale = mask / (1 - p) if p else 1.0  # inverted dropout, as nn.Dropout
+    want = _plain_lora_grads(layer, x, upstream, scale)
+    got = (y, x.grad, layer.lora_A.weight.grad, layer.lora_B.weight.grad)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, **TOL)
+
+
+def test_lora_dropout_saves_no_copy_of_the_input():
+    """With dropout on, backward keeps x and h = dropout(x) Aᵀ only, not a mask or a dropped-out copy."""
+    layer = LoRALinear(nn.Linear(64, 32), r=4, alpha=8, dropout=0.1).train()
+    x = torch.randn(16, 64, requires_grad=True)
+    params = {p.untyped_storage().data_ptr() for p in layer.parameters()}
+    saved = {}
+
+    def pack(t):
+        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        layer(x)
+    activations = sum(n for ptr, n in saved.items() if ptr not in params)
+    assert activations == x.numel() * 4 + 16 * 4 * 4  # x (16, 64) and h (16, 4), fp32
+    W, b, A, B = layer.weight, layer.bias, layer.lora_A.weight, layer.lora_B.weight
+    expected = x @ W.T + b + layer.scaling * (x @ A.T @ B.T)  # eval: dropout off
+    torch.testing.assert_close(layer.eval()(x), expected, **TOL)
+
+
 def test_disable_adapters_gives_the_base_model_exactly(tiny_model, tiny_model_dir):
     base_logits = _logits(_fresh(tiny_model_dir))
     inject_lora(tiny_model, r=4, alpha=8)
