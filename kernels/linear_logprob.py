@@ -65,7 +65,7 @@ def _logprob_grad_logits(
 
     logits (n, V) fp32, lse (n,), targets (n,) valid indices, g (n,) fp32 (0 on ignored rows).
     """
-    grad = torch.exp(logits - lse[:, None]).mul_(-g[:, None])  # (n, V): −g·p
+    grad = (logits - lse[:, None]).exp_().mul_(-g[:, None])  # (n, V): −g·p
     grad.scatter_add_(1, targets[:, None], g[:, None])  # (n, V): + g·onehot(y)
     return grad
 
@@ -108,25 +108,64 @@ def naive_linear_logprobs(
     return logps.masked_fill(~valid, 0.0)
 
 
+def _lse_and_direction(
+    logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, softcap: float | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """logsumexp (n,), target logit (n,) and ∂ log π_y/∂h = ((onehot(y) − p) ⊙ ∂z/∂x) W (n, H) of one
+    chunk, with a single exp over the chunk: p = e / Σe with e = exp(z − max z), lse = max z + log Σe.
+
+    Overwrites ``logits`` (n, V) fp32; at most one more (n, V) buffer is alive (softcap only).
+    """
+    target_logit = logits.gather(1, targets[:, None]).squeeze(1)  # (n,)
+    factor = (logits / softcap).square_().neg_().add_(1.0) if softcap else None  # (n, V): 1 − tanh²
+    top = logits.amax(dim=-1)  # (n,)
+    e = logits.sub_(top[:, None]).exp_()  # (n, V), in place
+    total = e.sum(dim=-1)  # (n,)
+    grad = e.div_(total[:, None]).neg_()  # (n, V): −p, in place
+    grad.scatter_add_(1, targets[:, None], torch.ones_like(total)[:, None])  # + onehot(y)
+    if factor is not None:
+        grad.mul_(factor)
+    return top + total.log(), target_logit, grad.to(weight.dtype) @ weight  # (n,), (n,), (n, H)
+
+
 class ChunkedLinearLogprob(torch.autograd.Function):
-    """log π(y | h) = z_y − logsumexp(z), z = softcap(h Wᵀ), computed chunk by chunk (see module doc)."""
+    """log π(y | h) = z_y − logsumexp(z), z = softcap(h Wᵀ), computed chunk by chunk (see module doc).
+
+    ``direction`` (a frozen head, the LoRA case): forward also computes each row's gradient
+    direction d = ∂ log π_y / ∂h (N, H) while the chunk's logits are at hand, and backward is
+    g ⊙ d — two vocabulary-sized matmuls in all (as the naive path), not three, and nothing but
+    d is kept for backward.
+    """
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, ignore_index, chunk_size, softcap):
+    def forward(ctx, hidden, weight, targets, ignore_index, chunk_size, softcap, direction=False):
         valid = targets != ignore_index  # (N,)
         safe = targets.masked_fill(~valid, 0)  # (N,)
         lse = hidden.new_empty(hidden.shape[0], dtype=_acc_dtype(hidden.dtype))  # (N,)
         target_logit = torch.empty_like(lse)  # (N,)
+        dirs = torch.empty_like(hidden) if direction else None  # (N, H)
         for s, e in _chunks(hidden.shape[0], chunk_size):
             logits = _logits(hidden[s:e], weight, softcap)  # (n, V)
-            lse[s:e] = torch.logsumexp(logits, dim=-1)
-            target_logit[s:e] = logits.gather(1, safe[s:e, None]).squeeze(1)
-        ctx.save_for_backward(hidden, weight, targets, lse)
+            if direction:
+                lse[s:e], target_logit[s:e], dirs[s:e] = _lse_and_direction(logits, safe[s:e], weight, softcap)
+            else:
+                lse[s:e] = torch.logsumexp(logits, dim=-1)
+                target_logit[s:e] = logits.gather(1, safe[s:e, None]).squeeze(1)
+            del logits
+        ctx.direction = direction
+        if direction:
+            ctx.save_for_backward(dirs.masked_fill_(~valid[:, None], 0.0))
+        else:
+            ctx.save_for_backward(hidden, weight, targets, lse)
         ctx.ignore_index, ctx.chunk_size, ctx.softcap = ignore_index, chunk_size, softcap
         return (target_logit - lse).masked_fill_(~valid, 0.0)  # (N,)
 
     @staticmethod
     def backward(ctx, grad_logps):
+        if ctx.direction:
+            (dirs,) = ctx.saved_tensors
+            grad_hidden = (dirs * grad_logps.to(torch.float32)[:, None]).to(dirs.dtype)  # (N, H)
+            return grad_hidden, None, None, None, None, None, None
         hidden, weight, targets, lse = ctx.saved_tensors
         need_hidden, need_weight = ctx.needs_input_grad[:2]
         valid = targets != ctx.ignore_index  # (N,)
@@ -138,12 +177,14 @@ class ChunkedLinearLogprob(torch.autograd.Function):
             logits = _logits(hidden[s:e], weight, ctx.softcap)  # (n, V)
             grad = _logprob_grad_logits(logits, lse[s:e], safe[s:e], g[s:e])  # (n, V)
             grad = _softcap_backward(grad, logits, ctx.softcap).to(hidden.dtype)  # ∂L/∂(hWᵀ)
+            del logits
             if need_hidden:
                 grad_hidden[s:e] = grad @ weight  # (n, H)
             if need_weight:
                 grad_weight += (grad.T @ hidden[s:e]).to(lse.dtype)  # (V, H)
+            del grad
         grad_weight = grad_weight.to(weight.dtype) if need_weight else None
-        return grad_hidden, grad_weight, None, None, None, None
+        return grad_hidden, grad_weight, None, None, None, None, None
 
 
 def chunked_linear_logprobs(
@@ -160,7 +201,8 @@ def chunked_linear_logprobs(
     hidden and weight. Peak extra memory O(chunk_size · V).
     """
     _check_linear_inputs(hidden, weight, targets, chunk_size)
-    return ChunkedLinearLogprob.apply(hidden, weight, targets, ignore_index, chunk_size, softcap or None)
+    direction = torch.is_grad_enabled() and hidden.requires_grad and not weight.requires_grad
+    return ChunkedLinearLogprob.apply(hidden, weight, targets, ignore_index, chunk_size, softcap or None, direction)
 
 
 # --------------------------------------------------------------------------- KL(π_ref ‖ π)

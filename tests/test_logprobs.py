@@ -115,6 +115,24 @@ def test_chunk_bigger_than_n_and_empty_input():
     assert empty.shape == (0,)
 
 
+@pytest.mark.parametrize("dtype,atol,rtol", TOLERANCES)
+@pytest.mark.parametrize("softcap", [None, 3.0])
+def test_frozen_head_precomputed_direction_matches_naive(dtype, atol, rtol, softcap):
+    """Frozen head (the LoRA case): forward precomputes ∂ log π_y/∂h per row; backward scales it."""
+    hidden, weight, targets, upstream = _inputs(dtype, seed=4)
+    grads = []
+    for fn, h, w in [(chunked_linear_logprobs, hidden, weight), (naive_linear_logprobs, hidden.float(), weight.float())]:
+        h = h.detach().requires_grad_(True)
+        kwargs = {"chunk_size": CHUNK} if fn is chunked_linear_logprobs else {}
+        out = fn(h, w, targets, softcap=softcap, **kwargs)
+        (out * upstream).sum().backward()
+        grads.append((out.float(), h.grad.float()))
+    for a, e in zip(*grads):
+        _assert_close(a, e, atol, rtol)
+    saved = _saved_shapes(lambda: chunked_linear_logprobs(hidden.requires_grad_(True), weight, targets, chunk_size=CHUNK))
+    assert saved == [(N, H)], "only the (N, H) directions are kept for backward"
+
+
 def test_frozen_weight_gets_no_gradient():
     hidden, weight, targets, _ = _inputs(torch.float32, seed=3)
     hidden.requires_grad_(True)
