@@ -2,6 +2,7 @@
 leave everything else alone?
 
     python bench/overgeneralization.py [--feedbacks a,b,...] [--methods base,scd,scd_neg,dpo,c3po]
+                                       [--set [METHOD:]KEY=VALUE ...] [--work DIR]
 
 For every shipped tiny-world feedback: sample its data once (offline teacher + the shipped model,
 served on loopback, as `make demo` does), train one adapter per method from the same data, the same
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
 import platform
 import shlex
@@ -57,7 +59,19 @@ def machine() -> str:
     return f"{platform.machine()} {platform.system()}, {torch.get_num_threads()} CPU threads{gpu}"
 
 
-def run_feedback(name: str, methods: list[str], work: Path, cmd: str) -> list[dict]:
+def method_overrides(sets: list[str], method: str) -> list[str]:
+    """The --set overrides that apply to ``method``: ``key=value`` (all) or ``method:key=value``."""
+    out = []
+    for item in sets:
+        scope, sep, rest = item.partition(":")
+        if not sep or "=" in scope:
+            out.append(item)
+        elif scope == method:
+            out.append(rest)
+    return out
+
+
+def run_feedback(name: str, methods: list[str], work: Path, cmd: str, sets: list[str]) -> list[dict]:
     base = [f"feedback=[{name}]", f"data.dirs=[{work / name / 'data'}]", f"output_dir={work / name / 'base'}"]
     cfg = load_config(CONFIG, base + TRAIN_OVERRIDES, PipelineConfig)
     if not (work / name / "data" / "sample_meta.json").is_file():
@@ -65,10 +79,13 @@ def run_feedback(name: str, methods: list[str], work: Path, cmd: str) -> list[di
             sample.run(cfg, teacher, student, progress=False)
     rows = []
     for method in methods:
-        out = work / name / method
+        extra = method_overrides(sets, method) if method in TRAINED else []
+        # adapters are reused when present: other settings train into their own directory
+        tag = "-" + hashlib.sha1(" ".join(extra).encode()).hexdigest()[:8] if extra else ""
+        out = work / name / f"{method}{tag}"
         overrides = base[:2] + [f"output_dir={out}", f"eval.out_dir={out / 'eval'}"] + TRAIN_OVERRIDES
         if method in TRAINED:
-            overrides += [f"method.name={method}", "eval.methods=[adapter]"]
+            overrides += [f"method.name={method}", "eval.methods=[adapter]"] + extra
             cfg = load_config(CONFIG, overrides, PipelineConfig)
             if not (out / "adapter" / "adapter_config.json").is_file():
                 train(cfg)
@@ -77,7 +94,11 @@ def run_feedback(name: str, methods: list[str], work: Path, cmd: str) -> list[di
         with local_endpoints(cfg, out / "adapter" if method in TRAINED else None) as (teacher, student):
             result = evaluate.run(cfg, student, teacher, adapter_model="adapter", progress=False)
         scores = next(iter(result[name].values()))["scores"]
+        m, t = cfg.method, cfg.train
+        settings = {"beta": m.beta, "lambda_out": m.lambda_out, "lambda_near": m.lambda_near, "lr": t.lr,
+                    "epochs": t.epochs, "lora_r": cfg.lora.r} if method in TRAINED else {}
         rows.append({"benchmark": "overgeneralization", "feedback": name, "method": method, **scores,
+                     "settings": settings,
                      "machine": machine(), "versions": versions(),
                      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                      "command": cmd})
@@ -109,6 +130,8 @@ def main(argv: list[str] | None = None) -> None:
     shipped = sorted(p.stem for p in FEEDBACK_DIR.glob("*.yaml"))
     parser.add_argument("--feedbacks", default=",".join(shipped))
     parser.add_argument("--methods", default="base,scd,scd_neg,dpo,c3po")
+    parser.add_argument("--set", action="append", default=[], metavar="[METHOD:]KEY=VALUE",
+                        help="config override for every trained method, or only for METHOD (repeatable)")
     parser.add_argument("--work", default=str(ROOT / "runs" / "bench-overgeneralization"))
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "overgeneralization.jsonl"))
     args = parser.parse_args(argv)
@@ -121,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     for name in [f for f in args.feedbacks.split(",") if f]:
-        got = run_feedback(name, methods, Path(args.work), cmd)
+        got = run_feedback(name, methods, Path(args.work), cmd, args.set)
         with open(out, "a", encoding="utf-8") as f:
             for row in got:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
