@@ -299,6 +299,19 @@ def verdict(value: float | None, limit: float, op: str = "<=") -> str:
     return "met" if ok else "MISSED"
 
 
+def median(times: dict | None, key: str | None = None) -> float | None:
+    """The median ms of ``times[key]`` (or of ``times`` itself when key is None); None if absent."""
+    stats = (times or {}).get(key) if key is not None else times
+    return stats["median"] if stats else None
+
+
+def median_range(stats: dict | None, digits: int = 1) -> str:
+    """'median (p20–p80)' of a stats_ms dict, or '—'."""
+    if not stats:
+        return "—"
+    return f"{stats['median']:.{digits}f} ({stats['p20']:.{digits}f}–{stats['p80']:.{digits}f})"
+
+
 def ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None or b == 0 else a / b
 

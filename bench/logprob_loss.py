@@ -234,8 +234,8 @@ def report(rows: list[dict], device: torch.device) -> str:
         table = []
         for r in cr:
             t = r.get("times_ms", {})
-            table.append([r["implementation"], _med(t.get("forward")), _med(t.get("backward")),
-                          _range(t.get("fwd_bwd") if "fwd_bwd" in t else t.get("forward")), r.get("peak_mib"),
+            table.append([r["implementation"], common.median(t.get("forward")), common.median(t.get("backward")),
+                          common.median_range(t.get("fwd_bwd") if "fwd_bwd" in t else t.get("forward")), r.get("peak_mib"),
                           r.get("tflops"), common.ratio(_total(r), naive_t), common.ratio(r.get("peak_mib"), naive_m),
                           r.get("error", "")])
         sh = cr[0]["shapes"]
@@ -271,18 +271,10 @@ def _targets(by: dict, device: torch.device) -> list[str]:
     return lines
 
 
-def _med(stats):
-    return None if not stats else stats["median"]
-
-
-def _range(stats):
-    return "—" if not stats else f"{stats['median']:.1f} ({stats['p20']:.1f}–{stats['p80']:.1f})"
-
-
 def _total(row):
     if not row or "times_ms" not in row:
         return None
-    return _med(row["times_ms"].get("fwd_bwd"))
+    return common.median(row["times_ms"].get("fwd_bwd"))
 
 
 def parse_args(argv=None):

@@ -117,9 +117,9 @@ def report(rows: list[dict]) -> str:
     for r in rows:
         peft = by.get(("peft", r["shapes"]["dropout"]), {})
         t = r.get("times_ms", {})
-        table.append([r["implementation"], f"{r['shapes']['dropout']:g}", _med(t, "forward"), _med(t, "backward"),
-                      _range(t.get("fwd_bwd")), r.get("peak_mib"), r.get("saved_for_backward_mib"),
-                      common.ratio(_med(t, "fwd_bwd"), _med(peft.get("times_ms", {}), "fwd_bwd")),
+        table.append([r["implementation"], f"{r['shapes']['dropout']:g}", common.median(t, "forward"), common.median(t, "backward"),
+                      common.median_range(t.get("fwd_bwd"), 1), r.get("peak_mib"), r.get("saved_for_backward_mib"),
+                      common.ratio(common.median(t, "fwd_bwd"), common.median(peft.get("times_ms", {}), "fwd_bwd")),
                       common.ratio(r.get("saved_for_backward_mib"), peft.get("saved_for_backward_mib")),
                       r.get("error", "")])
     out.append(common.markdown_table(
@@ -127,21 +127,13 @@ def report(rows: list[dict]) -> str:
          "saved for bwd MiB", "time / PEFT", "saved / PEFT", "note"], table))
     for dropout in dict.fromkeys(r["shapes"]["dropout"] for r in rows):
         mine, peft = by.get(("rlvf", dropout), {}), by.get(("peft", dropout), {})
-        t = common.ratio(_med(mine.get("times_ms", {}), "fwd_bwd"), _med(peft.get("times_ms", {}), "fwd_bwd"))
+        t = common.ratio(common.median(mine.get("times_ms", {}), "fwd_bwd"), common.median(peft.get("times_ms", {}), "fwd_bwd"))
         out.append(f"- dropout {dropout}: rlvf fwd+bwd time {common.fmt(t, 2)} × PEFT (≤ 1.0): {common.verdict(t, 1.0)}")
         if dropout > 0:
             m = common.ratio(mine.get("saved_for_backward_mib"), peft.get("saved_for_backward_mib"))
             out.append(f"- dropout {dropout}: rlvf memory saved for backward {common.fmt(m, 2)} × PEFT (≤ 0.6): "
                        f"{common.verdict(m, 0.6)}")
     return "\n".join(out)
-
-
-def _med(times: dict, key: str):
-    return times[key]["median"] if times and key in times else None
-
-
-def _range(stats):
-    return "—" if not stats else f"{stats['median']:.1f} ({stats['p20']:.1f}–{stats['p80']:.1f})"
 
 
 def parse_args(argv=None):

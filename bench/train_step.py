@@ -321,7 +321,7 @@ def report(rows: list[dict]) -> str:
         if r["implementation"] == "torch.matmul":
             continue
         t = r.get("times_ms", {})
-        table.append([r["implementation"], _med(t, "forward"), _med(t, "backward"), _range(t.get("fwd_bwd")),
+        table.append([r["implementation"], common.median(t, "forward"), common.median(t, "backward"), common.median_range(t.get("fwd_bwd"), 0),
                       r.get("tokens_per_s"), r.get("peak_mib"), common.ratio(r.get("model_tflops"), peak),
                       common.ratio(r.get("tokens_per_s"), trl.get("tokens_per_s")),
                       common.ratio(r.get("peak_mib"), trl.get("peak_mib")), r.get("error", "")])
@@ -337,14 +337,6 @@ def report(rows: list[dict]) -> str:
     out.append(f"- rlvf-dpo tokens/s {common.fmt(speed, 2)} × TRL (≥ 1.3): {common.verdict(speed, 1.3, '>=')}")
     out.append(f"- rlvf-dpo peak memory {common.fmt(memory, 2)} × TRL (≤ 0.7): {common.verdict(memory, 0.7)}")
     return "\n".join(out)
-
-
-def _med(times: dict, key: str):
-    return times[key]["median"] if times and key in times else None
-
-
-def _range(stats):
-    return "—" if not stats else f"{stats['median']:.0f} ({stats['p20']:.0f}–{stats['p80']:.0f})"
 
 
 def parse_args(argv=None):
