@@ -242,7 +242,7 @@ def test_top_k_1_and_tiny_top_p_sample_the_argmax(client):
 
 def test_repetition_penalty_by_hand():
     """Seen tokens: positive logits ÷ p, negative × p; a token only in the left padding is unseen."""
-    from rlvf.serve import RepetitionPenalty
+    from rlvf.generation import RepetitionPenalty
 
     scores = torch.tensor([[2.0, -2.0, 1.0, 4.0]])
     input_ids = torch.tensor([[3, 3, 0, 1]])  # the first two positions are padding
@@ -255,7 +255,8 @@ def test_batcher_groups_by_key_caps_rows_and_fails_queued_jobs_on_close():
     key (at most 3 rows each, oldest first); on close the running batch finishes, queued jobs get 503."""
     from concurrent.futures import Future
 
-    from rlvf.serve import ApiError, Batcher, Job, SamplingParams
+    from rlvf.generation import Batcher, Job
+    from rlvf.protocol import ApiError, SamplingParams
 
     release, batches = threading.Event(), []
 
