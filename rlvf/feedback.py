@@ -22,10 +22,7 @@ A real GPT-4-class teacher needs only the paper's fields.
         - {scenarios: [text_message], relations: [mom, friend]}
       edit: {kind: append, text: " ❤️"}           # a list of edits is applied in order
 
-Edits and metrics are registries keyed by ``kind``; their other keys are the parameters. A list of
-edits is applied in order, a list of metrics must all hold, so any selector × edit × metric written
-in YAML works without code changes. Every edit is idempotent (editing an edited reply changes
-nothing), which makes ``apply_edit(edit, r) == r`` a usable "already follows" test.
+The reply edits and the metrics are registries keyed by ``kind`` (rlvf/edits.py, rlvf/feedback_metrics.py).
 """
 from __future__ import annotations
 
@@ -35,17 +32,16 @@ import functools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
-
 
 from rlvf.config import read_yaml
+from rlvf.edits import _REQUIRED, EDITS
 from rlvf.errors import UserError
+from rlvf.feedback_metrics import METRICS
 
 SCOPES = ("global", "regional", "local")
 TYPES = ("quantitative", "qualitative")
 SELECTOR_KEYS = {"scenarios": "scenario", "topics": "topic", "recipients": "recipient",
                  "relations": "relation", "channels": "channel"}  # selector key -> Request field
-_REQUIRED: Any = object()
 
 
 def _hint(name: str, known) -> str:
@@ -53,26 +49,7 @@ def _hint(name: str, known) -> str:
     return f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(known)})"
 
 
-# ----------------------------------------------------------------------------- registries
-
-
-@dataclass(frozen=True)
-class _Kind:
-    fn: Callable
-    params: dict  # name -> (type, default or _REQUIRED); types: str (non-empty), "text", int, float, bool,
-    # "strings", a tuple of choices, "edit(s)", "metric(s)"
-    doc: str
-
-
-EDITS: dict[str, _Kind] = {}
-METRICS: dict[str, _Kind] = {}
-
-
-def _register(registry: dict, name: str, **params):
-    def deco(fn):
-        registry[name] = _Kind(fn, params, (fn.__doc__ or "").strip().splitlines()[0])
-        return fn
-    return deco
+# ----------------------------------------------------------------------------- edit and metric specs
 
 
 def _check_value(value, tp, where: str, key: str):
@@ -183,17 +160,6 @@ def _params_to_dict(params: dict) -> dict:
     return {k: conv(v) for k, v in params.items()}
 
 
-# ----------------------------------------------------------------------------- edits
-
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=\S)")
-_FENCE = re.compile(r"```[^\n`]*\n.*?\n?```", re.S)
-
-
-def split_sentences(text: str) -> list[str]:
-    """Sentences of a reply: split after . ! or ? followed by whitespace (the world's replies are plain)."""
-    return [s.strip() for s in _SENTENCE_END.split(text.strip()) if s.strip()]
-
-
 @dataclass
 class Edit:
     """A deterministic reply edit: ``kind`` names an entry of ``EDITS``, ``params`` its parameters."""
@@ -227,121 +193,6 @@ class Edit:
 def apply_edit(edit: Edit, reply: str) -> str:
     """Apply ``edit`` to ``reply``; deterministic and idempotent."""
     return EDITS[edit.kind].fn(reply, **edit.params)
-
-
-@_register(EDITS, "append", text=(str, _REQUIRED))
-def _append(reply: str, text: str) -> str:
-    """Append text to the end of the reply (e.g. " ❤️"), unless it already ends with it."""
-    body = reply.rstrip()
-    return body if body.endswith(text.rstrip()) else body + text.rstrip()
-
-
-@_register(EDITS, "prepend", text=(str, _REQUIRED))
-def _prepend(reply: str, text: str) -> str:
-    """Put text before the reply, verbatim (include your own space or newline), unless already there."""
-    body = reply.lstrip()
-    return body if body.startswith(text.lstrip()) else text.lstrip() + body
-
-
-@_register(EDITS, "start_with", phrase=(str, _REQUIRED), separator=("text", " "))
-def _start_with(reply: str, phrase: str, separator: str = " ") -> str:
-    """Start the reply with a phrase (e.g. "Hey team,") followed by the separator, unless it already does."""
-    body = reply.lstrip()
-    return body if body.lower().startswith(phrase.lower()) else phrase + separator + body
-
-
-@_register(EDITS, "sign_off", text=(str, _REQUIRED), separator=("text", "\n"))
-def _sign_off(reply: str, text: str, separator: str = "\n") -> str:
-    """End the reply with a sign-off after the separator (default a newline), e.g. "Cheers,\\nSam"; once."""
-    body = reply.rstrip()
-    return body if body.endswith(text.strip()) else body + separator + text.strip()
-
-
-@_register(EDITS, "replace_word", word=(str, _REQUIRED), by=(str, _REQUIRED))
-def _replace_word(reply: str, word: str, by: str) -> str:
-    """Replace a whole word or phrase, case-insensitively, by another (e.g. "and" → "&")."""
-    return re.sub(rf"(?<!\w){re.escape(word)}(?!\w)", lambda _: by, reply, flags=re.I)
-
-
-@_register(EDITS, "remove_word", word=(str, _REQUIRED))
-def _remove_word(reply: str, word: str) -> str:
-    """Remove a whole word or phrase (case-insensitive) and the space before it (e.g. "really")."""
-    out = re.sub(rf"[ \t]*(?<!\w){re.escape(word)}(?!\w)", "", reply, flags=re.I)
-    return re.sub(r"(?m)^[ \t]+", "", out)
-
-
-@_register(EDITS, "shorten", sentences=(int, 1))
-def _shorten(reply: str, sentences: int = 1) -> str:
-    """Keep only the first N sentences, with the reply's own spacing and line breaks."""
-    ends = list(_SENTENCE_END.finditer(reply.strip()))
-    return reply.strip() if len(ends) < sentences else reply.strip()[:ends[sentences - 1].start()]
-
-
-@_register(EDITS, "drop_sentences", pattern=(str, _REQUIRED), ignore_case=(bool, True))
-def _drop_sentences(reply: str, pattern: str, ignore_case: bool = True) -> str:
-    """Drop every sentence that the regex matches (re.search), line by line; lines left empty go too."""
-    rx = re.compile(pattern, re.I if ignore_case else 0)
-    lines = []
-    for line in reply.strip().split("\n"):
-        kept = [x for x in split_sentences(line) if not rx.search(x)]
-        if kept or not line.strip():
-            lines.append(" ".join(kept))
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
-
-
-@_register(EDITS, "code_block_only", language=(str, "python"))
-def _code_block_only(reply: str, language: str = "python") -> str:
-    """Reply with only the first fenced code block; text without one is wrapped in a fenced block."""
-    m = _FENCE.search(reply)
-    if m:
-        return m.group(0)
-    return f"```{language}\n{reply.strip()}\n```"
-
-
-@_register(EDITS, "uppercase")
-def _uppercase(reply: str) -> str:
-    """Write the whole reply in upper case."""
-    return reply.upper()
-
-
-@_register(EDITS, "lowercase")
-def _lowercase(reply: str) -> str:
-    """Write the whole reply in lower case."""
-    return reply.lower()
-
-
-@_register(EDITS, "bullet_points", bullet=(str, "- "))
-def _bullet_points(reply: str, bullet: str = "- ") -> str:
-    """One sentence per line, each starting with the bullet (default "- ")."""
-    lines = [ln.strip() for ln in reply.strip().splitlines() if ln.strip()]
-    if lines and all(ln.startswith(bullet.strip()) for ln in lines):
-        return "\n".join(lines)
-    return "\n".join(bullet + s for s in split_sentences(" ".join(lines)))
-
-
-@_register(EDITS, "replace_text", old=(str, _REQUIRED), new=("text", ""))
-def _replace_text(reply: str, old: str, new: str = "") -> str:
-    """Replace every occurrence of a literal string (case-sensitive), e.g. "!" → "."."""
-    return reply.replace(old, new)
-
-
-@_register(EDITS, "regex_replace", pattern=(str, _REQUIRED), by=("text", ""), ignore_case=(bool, False),
-           multiline=(bool, True))
-def _regex_replace(reply: str, pattern: str, by: str = "", ignore_case: bool = False, multiline: bool = True) -> str:
-    """re.sub(pattern, by, reply); ^ and $ match at line ends unless multiline is false."""
-    flags = (re.I if ignore_case else 0) | (re.M if multiline else 0)
-    return re.sub(pattern, by, reply, flags=flags).strip()
-
-
-@_register(EDITS, "sequence", steps=("edits", _REQUIRED))
-def _sequence(reply: str, steps: list) -> str:
-    """Apply several edits in order (a YAML list of edits means this)."""
-    for step in steps:
-        reply = apply_edit(step, reply)
-    return reply
-
-
-# ----------------------------------------------------------------------------- metrics
 
 
 @dataclass
@@ -382,119 +233,6 @@ class Metric:
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, **_params_to_dict(self.params)}
-
-
-def _length(text: str, unit: str) -> int:
-    return len(text.split()) if unit == "words" else len(text)
-
-
-@_register(METRICS, "shorter_than_baseline", ratio=(float, 1.0), unit=(("chars", "words"), "chars"))
-def _shorter(response, baseline, ratio=1.0, unit="chars"):
-    """len(response) < ratio · len(baseline), in chars or words (the paper's "be more concise")."""
-    return _length(response, unit) < ratio * _length(baseline, unit)
-
-
-@_register(METRICS, "longer_than_baseline", ratio=(float, 1.0), unit=(("chars", "words"), "chars"))
-def _longer(response, baseline, ratio=1.0, unit="chars"):
-    """len(response) > ratio · len(baseline), in chars or words (the paper's "be more detailed")."""
-    return _length(response, unit) > ratio * _length(baseline, unit)
-
-
-def _fold(text: str, ignore_case: bool) -> str:
-    return text.lower() if ignore_case else text
-
-
-@_register(METRICS, "contains_any", strings=("strings", _REQUIRED), ignore_case=(bool, True))
-def _contains_any(response, _baseline, strings, ignore_case=True):
-    """At least one of the strings occurs in the response."""
-    return any(_fold(s, ignore_case) in _fold(response, ignore_case) for s in strings)
-
-
-@_register(METRICS, "contains_all", strings=("strings", _REQUIRED), ignore_case=(bool, True))
-def _contains_all(response, _baseline, strings, ignore_case=True):
-    """Every one of the strings occurs in the response."""
-    return all(_fold(s, ignore_case) in _fold(response, ignore_case) for s in strings)
-
-
-@_register(METRICS, "contains_none", strings=("strings", _REQUIRED), ignore_case=(bool, True))
-def _contains_none(response, _baseline, strings, ignore_case=True):
-    """None of the strings occurs in the response."""
-    return not any(_fold(s, ignore_case) in _fold(response, ignore_case) for s in strings)
-
-
-@_register(METRICS, "starts_with", text=(str, _REQUIRED), ignore_case=(bool, True))
-def _starts_with(response, _baseline, text, ignore_case=True):
-    """The stripped response starts with the text."""
-    return _fold(response.strip(), ignore_case).startswith(_fold(text.strip(), ignore_case))
-
-
-@_register(METRICS, "ends_with", text=(str, _REQUIRED), ignore_case=(bool, True))
-def _ends_with(response, _baseline, text, ignore_case=True):
-    """The stripped response ends with the text."""
-    return _fold(response.strip(), ignore_case).endswith(_fold(text.strip(), ignore_case))
-
-
-@_register(METRICS, "regex", pattern=(str, _REQUIRED), ignore_case=(bool, False), multiline=(bool, False))
-def _regex(response, _baseline, pattern, ignore_case=False, multiline=False):
-    """re.search(pattern, response) finds a match."""
-    flags = (re.I if ignore_case else 0) | (re.M if multiline else 0)
-    return re.search(pattern, response, flags) is not None
-
-
-@_register(METRICS, "uppercase")
-def _is_upper(response, _baseline):
-    """The response has letters and none of them is lower case."""
-    return response.isupper()
-
-
-@_register(METRICS, "lowercase")
-def _is_lower(response, _baseline):
-    """The response has letters and none of them is upper case."""
-    return response.islower()
-
-
-@_register(METRICS, "only_code_block")
-def _only_code_block(response, _baseline):
-    """The response is exactly one fenced code block, with nothing before or after it."""
-    m = _FENCE.fullmatch(response.strip())
-    return m is not None and response.count("```") == 2
-
-
-@_register(METRICS, "no_code_fence")
-def _no_code_fence(response, _baseline):
-    """The response contains no ``` fence."""
-    return "```" not in response
-
-
-@_register(METRICS, "max_sentences", sentences=(int, _REQUIRED))
-def _max_sentences(response, _baseline, sentences):
-    """The response has at most N sentences."""
-    return len(split_sentences(response)) <= sentences
-
-
-@_register(METRICS, "lines_start_with", prefix=(str, _REQUIRED))
-def _lines_start_with(response, _baseline, prefix):
-    """Every non-empty line starts with the prefix (e.g. "- " for bullet points)."""
-    lines = [ln.strip() for ln in response.strip().splitlines() if ln.strip()]
-    return bool(lines) and all(ln.startswith(prefix.strip()) for ln in lines)
-
-
-@_register(METRICS, "all", of=("metrics", _REQUIRED))
-def _all(response, baseline, of):
-    """Every listed metric holds (a YAML list of metrics means this)."""
-    return all(m.follows(response, baseline) for m in of)
-
-
-@_register(METRICS, "any", of=("metrics", _REQUIRED))
-def _any(response, baseline, of):
-    """At least one listed metric holds."""
-    return any(m.follows(response, baseline) for m in of)
-
-
-@_register(METRICS, "not", metric=("metric", _REQUIRED))
-def _not(response, baseline, metric):
-    """The given metric does not hold."""
-    return not metric.follows(response, baseline)
 
 
 # ----------------------------------------------------------------------------- feedback specs
