@@ -161,20 +161,34 @@ def _draw_seed() -> int:
     return int(torch.randint(0, 2**62, (), dtype=torch.int64))
 
 
-def _keep_mask(shape: torch.Size, p: float, seed: int, device: torch.device) -> torch.Tensor:
-    """Dropout keep mask M ~ Bernoulli(1 − p) as 0./1. fp32, from ``seed``: (shape).
+_MASK_LEVELS = 2**16  # the dropout rate is drawn at 16-bit resolution (see _drop_mask)
 
-    The same (shape, p, seed, device) always gives the same mask, so backward can redraw it.
+
+def quantized_dropout(p: float) -> float:
+    """The rate the mask really has: p rounded to a multiple of 2⁻¹⁶ (0.05 → 0.0500031)."""
+    return round(p * _MASK_LEVELS) / _MASK_LEVELS
+
+
+def _drop_mask(shape: torch.Size, p: float, seed: int, device: torch.device) -> torch.Tensor:
+    """Dropout *drop* mask, True with probability ``quantized_dropout(p)``, from ``seed``: bool (shape).
+
+    The same (shape, p, seed, device) always gives the same mask, so backward can redraw it. One
+    64-bit random word gives four 16-bit lanes v, uniform over [−2¹⁵, 2¹⁵); an element is dropped
+    when v < p̂·2¹⁶ − 2¹⁵. This draws a quarter of the random numbers of ``bernoulli_``, whose
+    CPU kernel draws one number per element on one thread (4 × faster here for 2,048 × 4,096).
     """
+    n = math.prod(shape)
     generator = torch.Generator(device=device).manual_seed(seed)
-    return torch.empty(shape, dtype=torch.float32, device=device).bernoulli_(1.0 - p, generator=generator)
+    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), None, generator=generator)
+    lanes = words.view(torch.int16)[:n].view(shape)  # (shape), uniform int16
+    return lanes < round(p * _MASK_LEVELS) - _MASK_LEVELS // 2
 
 
 class _LoRABranch(torch.autograd.Function):
     """δ = s · (dropout(x) Aᵀ) Bᵀ in fp32, with x (…, in), A (r, in), B (out, r) → (…, out).
 
-    dropout(x) = (x ⊙ M) · c with M the keep mask and c = 1/(1 − p) (M = 1, c = 1 when p = 0); c is
-    applied to the small (N, r) tensors. With g = ∂L/∂δ, h = (x ⊙ M) Aᵀ c and u = s · c · (g B):
+    dropout(x) = (x ⊙ M) · c with M the keep mask, drawn at rate p̂ = ``quantized_dropout(p)``, and
+    c = 1/(1 − p̂) (M = 1, c = 1 when p = 0); c is applied to the small (N, r) tensors. With g = ∂L/∂δ, h = (x ⊙ M) Aᵀ c and u = s · c · (g B):
 
         ∂L/∂B = s · gᵀ h        ∂L/∂A = uᵀ (x ⊙ M)        ∂L/∂x = (u A) ⊙ M
 
@@ -187,7 +201,8 @@ class _LoRABranch(torch.autograd.Function):
         x2 = x.reshape(-1, x.shape[-1])  # (N, in), a view when x is contiguous
         xd = x2.float()  # (N, in) fp32
         if p > 0:
-            xd = xd * _keep_mask(xd.shape, p, seed, xd.device)
+            xd = xd.masked_fill(_drop_mask(xd.shape, p, seed, xd.device), 0.0)
+        p = quantized_dropout(p)
         h = (xd @ A.T).mul_(1.0 / (1.0 - p))  # (N, r)
         del xd
         ctx.save_for_backward(x2, A, B, h)
@@ -199,19 +214,19 @@ class _LoRABranch(torch.autograd.Function):
     def backward(ctx, grad):
         x2, A, B, h = ctx.saved_tensors
         need_x, need_A, need_B = ctx.needs_input_grad[:3]
-        p, s = ctx.p, ctx.scaling
+        p, s = quantized_dropout(ctx.p), ctx.scaling
         g = grad.reshape(-1, grad.shape[-1]).float()  # (N, out), fp32 like the output
         grad_B = (g.T @ h).mul_(s) if need_B else None  # (out, r)
         u = (g @ B).mul_(s / (1.0 - p))  # (N, r)
         del g
-        mask = _keep_mask(x2.shape, p, ctx.seed, x2.device) if p > 0 and (need_x or need_A) else None
+        drop = _drop_mask(x2.shape, p, ctx.seed, x2.device) if p > 0 and (need_x or need_A) else None
         grad_A = grad_x = None
         if need_A:
-            grad_A = u.T @ (x2.float() if mask is None else x2.float() * mask)  # (r, in)
+            grad_A = u.T @ (x2.float() if drop is None else x2.float().masked_fill(drop, 0.0))  # (r, in)
         if need_x:
             # (…, in), fresh (not a view), so autograd can add the base layer's ∂L/∂x into it in place
             gx = u.view(*ctx.x_shape[:-1], -1) @ A
-            grad_x = (gx if mask is None else gx.mul_(mask.view_as(gx))).to(x2.dtype)
+            grad_x = (gx if drop is None else gx.masked_fill_(drop.view_as(gx), 0.0)).to(x2.dtype)
         return grad_x, grad_A, grad_B, None, None, None
 
 

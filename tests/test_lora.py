@@ -175,8 +175,9 @@ def _plain_lora_grads(layer, x, upstream, scale):
 @pytest.mark.parametrize("p", [0.0, 0.3])
 def test_lora_branch_backward_matches_plain_autograd(p):
     """The custom autograd.Function (mask redrawn from a seed in backward) against autograd of the
-    plain formula with the same mask: D = M/(1 − p), M the Bernoulli(1 − p) keep mask."""
-    from rlvf.lora import _draw_seed, _keep_mask
+    plain formula with the same mask: D = M/(1 − p̂), M the Bernoulli(1 − p̂) keep mask, p̂ = p at
+    16-bit resolution."""
+    from rlvf.lora import _draw_seed, _drop_mask, quantized_dropout
 
     torch.manual_seed(0)
     layer = LoRALinear(nn.Linear(13, 7), r=3, alpha=6, dropout=p).train()
@@ -187,14 +188,33 @@ def test_lora_branch_backward_matches_plain_autograd(p):
     y = layer(x)
     (y * upstream).sum().backward()
     torch.manual_seed(123)  # the layer draws its seed from the global RNG: draw the same one
-    mask = _keep_mask(torch.Size([20, 13]), p, _draw_seed(), x.device).reshape(4, 5, 13) if p else None
+    mask = (~_drop_mask(torch.Size([20, 13]), p, _draw_seed(), x.device)).reshape(4, 5, 13).float() if p else None
     if p:
-        assert torch.isin(mask, torch.tensor([0.0, 1.0])).all() and (mask == 0).any() and (mask == 1).any()
-    scale = mask / (1 - p) if p else 1.0  # inverted dropout, as nn.Dropout
+        assert (mask == 0).any() and (mask == 1).any()
+    scale = mask / (1 - quantized_dropout(p)) if p else 1.0  # inverted dropout, as nn.Dropout
     want = _plain_lora_grads(layer, x, upstream, scale)
     got = (y, x.grad, layer.lora_A.weight.grad, layer.lora_B.weight.grad)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, **TOL)
+
+
+@pytest.mark.parametrize("p", [0.05, 0.1, 0.5, 0.9])
+def test_drop_mask_rate_and_repeatability(p):
+    """The drop mask has rate p̂ (p to 2⁻¹⁶), repeats from its seed, differs across seeds, and has
+    no structure across the four 16-bit lanes of a random word (each lane alone has rate p̂)."""
+    from rlvf.lora import _drop_mask, quantized_dropout
+
+    assert abs(quantized_dropout(p) - p) <= 2**-17
+    shape = torch.Size([1000, 401])  # an odd element count: the last word is cut
+    m = _drop_mask(shape, p, 5, torch.device("cpu"))
+    assert m.dtype == torch.bool and m.shape == shape
+    assert torch.equal(m, _drop_mask(shape, p, 5, torch.device("cpu")))
+    assert not torch.equal(m, _drop_mask(shape, p, 6, torch.device("cpu")))
+    n = m.numel()
+    sd = (p * (1 - p) / n) ** 0.5
+    assert abs(m.float().mean().item() - p) < 5 * sd
+    lanes = m.flatten()[: n - n % 4].view(-1, 4).float().mean(0)  # (4,) rate per lane
+    assert (lanes - p).abs().max().item() < 5 * 2 * sd
 
 
 def test_lora_dropout_saves_no_copy_of_the_input():
