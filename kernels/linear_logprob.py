@@ -121,7 +121,7 @@ def _lse_and_direction(
     top = logits.amax(dim=-1)  # (n,)
     e = logits.sub_(top[:, None]).exp_()  # (n, V), in place
     total = e.sum(dim=-1)  # (n,)
-    grad = e.div_(total[:, None]).neg_()  # (n, V): −p, in place
+    grad = e.mul_(total.reciprocal().neg_()[:, None])  # (n, V): −p, in place, one pass
     grad.scatter_add_(1, targets[:, None], torch.ones_like(total)[:, None])  # + onehot(y)
     if factor is not None:
         grad.mul_(factor)
