@@ -24,7 +24,7 @@ import torch
 
 from rlvf.data import collate, encode_row
 from rlvf.tiny import build_tokenizer
-from rlvf.tinyworld import world
+from rlvf.tinyworld import styles, world
 
 MODEL_DIR = Path(__file__).resolve().parent / "model"
 
@@ -33,6 +33,7 @@ MODEL_DIR = Path(__file__).resolve().parent / "model"
 class BuildConfig:
     seed: int = 0
     corpus_size: int = 64_000      # (request, reply) pairs; each is seen about once
+    style_rate: float = world.STYLE_RATE  # share of replies in a rare style (rlvf.tinyworld.styles)
     vocab_size: int = 2048
     hidden_size: int = 256
     layers: int = 4
@@ -141,6 +142,7 @@ def evaluate(model, tokenizer, cfg: BuildConfig, corpus_prompts: set[str], devic
         "greedy_on_topic": sum(on_topic) / len(on_topic),
         "greedy_on_topic_by_scenario": {k: sum(v) / len(v) for k, v in sorted(per_scenario.items())},
         "sampled_pairs_differing": sum(a != b for a, b in zip(s1, s2)) / len(probe),
+        "greedy_styled": sum(styles.detect(g) is not None for g in greedy) / len(greedy),
         "samples": [{"prompt": r.prompt, "greedy": g} for r, g in list(zip(requests, greedy))[:8]],
     }
 
@@ -165,13 +167,14 @@ chain-of-thought baselines of the paper are meaningful only with real models.
 | architecture | Llama: {cfg.layers} layers, hidden {cfg.hidden_size}, {cfg.heads} heads ({cfg.kv_heads} KV), MLP {cfg.intermediate_size}, tied embeddings |
 | parameters | {stats['parameters']:,} |
 | tokenizer | byte-level BPE, {stats['vocab_size']} tokens, chat template with `{{% generation %}}` markers |
-| corpus | {stats['train_examples']:,} (request, reply) pairs ({stats['train_tokens']:,} tokens), seed {cfg.seed} |
+| corpus | {stats['train_examples']:,} (request, reply) pairs ({stats['train_tokens']:,} tokens), seed {cfg.seed}; {cfg.style_rate:.0%} of replies in a rare style (`rlvf.tinyworld.styles`) |
 | training | {cfg.steps} steps × {cfg.batch_size} rows, AdamW lr {cfg.lr}, warmup {cfg.warmup}, cosine, completion-only loss |
 | machine | {stats['machine']} |
 | training time | {stats['train_seconds'] / 60:.1f} min |
 | held-out loss | {stats['held_out_loss']:.4f} (per completion token, {stats['held_out_examples']} unseen rows) |
 | greedy on-topic | {stats['eval']['greedy_on_topic']:.1%} of {stats['eval']['held_out_prompts']} held-out prompts (world checker) |
 | by scenario | {by_scen} |
+| greedy replies in a rare style | {stats['eval']['greedy_styled']:.1%} of the held-out prompts |
 | sampled replies differ | {stats['eval']['sampled_pairs_differing']:.0%} of prompt pairs (temperature 0.7, two seeds) |
 
 ## Sample greedy replies (held-out prompts)
@@ -186,11 +189,11 @@ def build(out: Path, cfg: BuildConfig, log=print) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    pairs = world.corpus(cfg.seed, cfg.corpus_size)
+    pairs = world.corpus(cfg.seed, cfg.corpus_size, cfg.style_rate)
     texts = [t for req, reply in pairs for t in (req.prompt, reply)]
     tokenizer = build_tokenizer(texts, vocab_size=cfg.vocab_size)
     data = encode_corpus(tokenizer, pairs, cfg.max_length)
-    held = world.corpus(cfg.seed + 1000, 600)
+    held = world.corpus(cfg.seed + 1000, 600, cfg.style_rate)
     corpus_prompts = {req.prompt for req, _ in pairs}
     held_data = encode_corpus(tokenizer, [(r, a) for r, a in held if r.prompt not in corpus_prompts][:500], cfg.max_length)
     model = LlamaForCausalLM(build_model_config(cfg, tokenizer)).to(device)

@@ -38,6 +38,11 @@ What replies look like (so that feedbacks have something to change):
     other scenario ever writes a code fence.
   * poems: 3-4 short lines; everything else: 1-4 plain sentences. All replies but those texts are ASCII, in sentence
     case, at most ~60 words, and open in varied ways (no fixed "Sure!" / "Great question").
+
+That is ``baseline_reply``. The training corpus (``corpus``) also writes a tenth of its replies in
+one rare style (``rlvf.tinyworld.styles``: all caps, lower case, bullets, an opening phrase, a laugh,
+a sign-off with a name, a "Hey" salutation, ampersands), for any scenario and person, so that the
+model gives the edits a feedback asks for some probability, as a real chat model does.
 """
 from __future__ import annotations
 
@@ -47,6 +52,8 @@ import re
 import string
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+from rlvf.tinyworld.styles import STYLE_RATE, restyle
 
 SCENARIOS = (
     "text_message",         # texting a named person: partner, family, friend, colleague
@@ -1426,18 +1433,24 @@ def on_topic(request: Request, reply: str) -> bool:
 # --------------------------------------------------------------------------------------------------
 # Corpora, evaluation requests and selectors.
 
-def corpus(seed: int, n: int) -> list[tuple[Request, str]]:
-    """``n`` (request, baseline reply) pairs drawn from ``random.Random(seed)``.
+def corpus(seed: int, n: int, style_rate: float = STYLE_RATE) -> list[tuple[Request, str]]:
+    """``n`` (request, reply) pairs drawn from ``random.Random(seed)``: the model's training corpus.
 
     Scenarios are drawn per pair with SCENARIO_WEIGHTS (messaging 1.5, others 1.0: ~13% and ~8.7%
-    each), so ``corpus(s, m)`` is a prefix of ``corpus(s, n)`` for m <= n.
+    each), so ``corpus(s, m)`` is a prefix of ``corpus(s, n)`` for m <= n. Each reply is the
+    ``baseline_reply``, except that a share ``style_rate`` of them is rewritten in one rare style
+    (``rlvf.tinyworld.styles``: all caps, bullets, a sign-off, ...; see there why), drawn from a
+    stream of its own: any ``style_rate`` gives the same requests, and 0 the plain replies.
     """
-    rng = random.Random(seed)
+    rng, style_rng = random.Random(seed), random.Random(f"style:{seed}")  # styles: their own stream
     weights = [SCENARIO_WEIGHTS[s] for s in SCENARIOS]
     pairs = []
     for _ in range(n):
         request = sample_request(rng, rng.choices(SCENARIOS, weights)[0])
-        pairs.append((request, baseline_reply(rng, request)))
+        reply = baseline_reply(rng, request)
+        if style_rng.random() < style_rate:
+            reply = restyle(style_rng, request, reply)
+        pairs.append((request, reply))
     return pairs
 
 
