@@ -188,7 +188,8 @@ class _LoRABranch(torch.autograd.Function):
     """δ = s · (dropout(x) Aᵀ) Bᵀ in fp32, with x (…, in), A (r, in), B (out, r) → (…, out).
 
     dropout(x) = (x ⊙ M) · c with M the keep mask, drawn at rate p̂ = ``quantized_dropout(p)``, and
-    c = 1/(1 − p̂) (M = 1, c = 1 when p = 0); c is applied to the small (N, r) tensors. With g = ∂L/∂δ, h = (x ⊙ M) Aᵀ c and u = s · c · (g B):
+    c = 1/(1 − p̂) (M = 1, c = 1 when p = 0); c is applied to the small (N, r) tensors. With
+    g = ∂L/∂δ, h = (x ⊙ M) Aᵀ c and u = s · c · (g B):
 
         ∂L/∂B = s · gᵀ h        ∂L/∂A = uᵀ (x ⊙ M)        ∂L/∂x = (u A) ⊙ M
 
@@ -200,9 +201,9 @@ class _LoRABranch(torch.autograd.Function):
     def forward(ctx, x, A, B, scaling, p, seed):
         x2 = x.reshape(-1, x.shape[-1])  # (N, in), a view when x is contiguous
         xd = x2.float()  # (N, in) fp32
+        p = quantized_dropout(p)  # the rate the mask has; ctx keeps it for backward
         if p > 0:
             xd = xd.masked_fill(_drop_mask(xd.shape, p, seed, xd.device), 0.0)
-        p = quantized_dropout(p)
         h = (xd @ A.T).mul_(1.0 / (1.0 - p))  # (N, r)
         del xd
         ctx.save_for_backward(x2, A, B, h)
@@ -214,7 +215,7 @@ class _LoRABranch(torch.autograd.Function):
     def backward(ctx, grad):
         x2, A, B, h = ctx.saved_tensors
         need_x, need_A, need_B = ctx.needs_input_grad[:3]
-        p, s = quantized_dropout(ctx.p), ctx.scaling
+        p, s = ctx.p, ctx.scaling
         g = grad.reshape(-1, grad.shape[-1]).float()  # (N, out), fp32 like the output
         grad_B = (g.T @ h).mul_(s) if need_B else None  # (out, r)
         u = (g @ B).mul_(s / (1.0 - p))  # (N, r)

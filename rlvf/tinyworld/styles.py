@@ -26,7 +26,7 @@ from __future__ import annotations
 import random
 import re
 
-from rlvf.edits import EDITS
+from rlvf.edits import EDITS, split_sentences
 
 STYLE_RATE = 0.1  # share of corpus replies written in one of STYLES
 
@@ -36,7 +36,6 @@ LAUGHS = (" Haha!", " Haha 😂", " Lol!", " Haha, that made me laugh.")
 SIGN_OFFS = ("Warm regards", "Kind regards", "Best wishes", "Many thanks")
 SENDERS = ("Jordan", "Alex", "Chris", "Taylor", "Morgan")
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=\S)")
 _EMAIL_GREETING = re.compile(r"^(?:Hi|Hello|Dear) ", re.MULTILINE)
 
 # Each style is an edit of rlvf.edits (the library the feedbacks' edits come from) with its
@@ -66,13 +65,13 @@ def applicable(scenario: str, reply: str) -> list[str]:
 
     Code is never re-cased or bulleted; bullets and openers go to plain prose, laughs to texts and
     Slack DMs, sign-offs and "Hey" salutations to emails (the latter where the salutation is not
-    one already), ampersands wherever the reply says " and ".
+    one already), ampersands wherever the reply has the word "and".
     """
     prose = scenario not in MESSAGING and scenario not in ("python_code", "poem")
     fits = {
         "upper": scenario != "python_code",
         "lower": scenario != "python_code",
-        "bullets": prose and len(_SENTENCE_END.split(reply.strip())) >= 2,
+        "bullets": prose and len(split_sentences(reply)) >= 2,
         "opener": prose,
         "laugh": scenario in ("text_message", "slack_dm"),
         "sign_off": scenario == "email" and not reply.endswith("regards"),
