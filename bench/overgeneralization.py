@@ -95,14 +95,28 @@ def run_feedback(name: str, methods: list[str], work: Path, cmd: str, sets: list
             result = evaluate.run(cfg, student, teacher, adapter_model="adapter", progress=False)
         scores = next(iter(result[name].values()))["scores"]
         m, t = cfg.method, cfg.train
-        settings = {"beta": m.beta, "lambda_out": m.lambda_out, "lambda_near": m.lambda_near, "lr": t.lr,
+        settings = {"beta": m.beta, "loss_type": m.loss_type, "constraint": m.constraint,
+                    "lambda_out": m.lambda_out, "lambda_near": m.lambda_near, "lr": t.lr,
                     "epochs": t.epochs, "lora_r": cfg.lora.r} if method in TRAINED else {}
         rows.append({"benchmark": "overgeneralization", "feedback": name, "method": method, **scores,
-                     "settings": settings,
+                     "settings": settings, "train_end": train_end(out) if method in TRAINED else {},
                      "machine": machine(), "versions": versions(),
                      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                      "command": cmd})
     return rows
+
+
+# What the last optimizer step logged: for the DPO family, whether the preference term saturated
+# (loss/dpo near 0) while the revision is still less likely than the baseline (logps/chosen below
+# logps/rejected), the failure the README's results discuss.
+TRAIN_END_KEYS = ("loss", "loss/dpo", "loss/sft", "loss/near", "loss/out", "rewards/margins", "logps/chosen",
+                  "logps/rejected")
+
+
+def train_end(out: Path) -> dict:
+    path = out / "train_summary.json"
+    final = json.loads(path.read_text(encoding="utf-8")).get("final", {}) if path.is_file() else {}
+    return {k: float(f"{final[k]:.4g}") for k in TRAIN_END_KEYS if k in final}
 
 
 def summary(rows: list[dict]) -> str:
