@@ -326,7 +326,11 @@ def _build_model(cfg: Config, dtype, device, world: D.World):
                               alpha=cfg.lora.alpha, dropout=cfg.lora.dropout, use_rslora=cfg.lora.use_rslora,
                               seed=cfg.train.seed)
     if cfg.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # transformers 5.24 renamed the method (the old name warns and goes in v6); setup.py allows 4.46+
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if world.distributed:
         D.shard_model(model, world, device)
     else:
@@ -462,8 +466,38 @@ def train(cfg: Config, resume: bool = False) -> Path:
     D.barrier(world)  # the adapter is in place before any rank returns its path
     if first_eval and last_eval:
         log(_eval_summary(first_eval, last_eval))
+    hint = saturation_hint(last_eval or row, cfg)
+    if hint:
+        log(hint)
     log(f"saved adapter to {out}")
     return out
+
+
+# loss/dpo below this is −log σ(β·margin) with β·margin above ~4.6: the sigmoid's gradient, β·σ(−β·margin),
+# is under 1% of its starting value.
+SATURATED_DPO_LOSS = 0.01
+
+
+def saturation_hint(metrics: dict, cfg: Config) -> str | None:
+    """A note when the sigmoid DPO term has saturated while the revisions are still, on average, less
+    likely than the baselines: the loss then no longer pushes, and greedy decoding keeps writing the
+    baseline (the failure bench/README.md measures on the tiny world). ``metrics``: the last
+    validation row (``eval/`` keys) or, without validation, the last training row."""
+    m = cfg.method
+    if m.name not in ("c3po", "dpo") or m.loss_type != "sigmoid" or m.label_smoothing:
+        return None
+    p = "eval/" if "eval/loss/dpo" in metrics else ""
+    keys = [p + k for k in ("loss/dpo", "rewards/margins", "logps/chosen", "logps/rejected")]
+    if not all(k in metrics for k in keys):
+        return None
+    loss, margin, chosen, rejected = (metrics[k] for k in keys)
+    if loss >= SATURATED_DPO_LOSS or chosen >= rejected:
+        return None
+    where = "validation" if p else "last batch"
+    return (f"note: the DPO term has saturated ({where}: loss/dpo {loss:.2g}, β·margin {margin:.3g}) while the "
+            f"revisions are still less likely than the baselines (mean log π {chosen:.4g} against {rejected:.4g}): "
+            f"it no longer pushes, and greedy replies may stay the baseline's; a smaller method.beta or "
+            f"method.loss_type: ipo keeps the preference signal (see bench/README.md)")
 
 
 def _eval_summary(before: dict, after: dict) -> str:

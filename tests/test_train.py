@@ -11,7 +11,7 @@ import yaml
 
 from rlvf.config import load_config
 from rlvf.metrics import read_metrics
-from rlvf.train import main, train
+from rlvf.train import main, saturation_hint, train
 
 TOY = Path(__file__).resolve().parent.parent / "configs" / "data" / "maddie-heart"
 
@@ -236,6 +236,20 @@ def test_gradient_checkpointing_gives_the_same_step(tmp_path, tiny_model_dir):
                 assert b[key] == pytest.approx(a[key], rel=1e-5)
 
 
+def test_gradient_checkpointing_is_switched_on(tmp_path, tiny_model_dir, recwarn):
+    import torch
+
+    from rlvf import distributed as D
+    from rlvf.train import _build_model
+
+    for on in (False, True):
+        cfg = load_config(make_config(tmp_path, tiny_model_dir, name=f"gc{on}", model={"gradient_checkpointing": on}))
+        model, _ = _build_model(cfg, torch.float32, torch.device("cpu"), D.World())
+        assert model.is_gradient_checkpointing is on
+    # through the current transformers name, not the deprecated one
+    assert not [w for w in recwarn if "gradient_checkpointing_enable" in str(w.message)]
+
+
 @pytest.mark.parametrize("reporter", ["wandb", "tensorboard"])
 def test_reporters_need_their_package(tmp_path, tiny_model_dir, capsys, reporter):
     import importlib.util
@@ -248,3 +262,34 @@ def test_reporters_need_their_package(tmp_path, tiny_model_dir, capsys, reporter
     assert exc.value.code == 2
     assert f"needs the {reporter} package (pip install {reporter})" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def _hint_metrics(loss_dpo, chosen, rejected, prefix=""):
+    return {prefix + "loss/dpo": loss_dpo, prefix + "rewards/margins": 9.7, prefix + "logps/chosen": chosen,
+            prefix + "logps/rejected": rejected}
+
+
+def test_saturation_hint_when_the_revision_is_still_less_likely(tmp_path, tiny_model_dir):
+    cfg = load_config(make_config(tmp_path, tiny_model_dir))
+    hint = saturation_hint(_hint_metrics(6e-5, -26.2, -1.6), cfg)
+    assert hint.startswith("note: the DPO term has saturated (last batch: loss/dpo 6e-05, β·margin 9.7)")
+    assert "mean log π -26.2 against -1.6" in hint and "method.beta" in hint
+    # validation rows take precedence over the training row they come with
+    both = {**_hint_metrics(0.5, -26.2, -1.6), **_hint_metrics(6e-5, -26.2, -1.6, "eval/")}
+    assert "(validation: loss/dpo 6e-05" in saturation_hint(both, cfg)
+    # no note: the loss still pushes, the revision already wins, or the term is not the sigmoid DPO loss
+    assert saturation_hint(_hint_metrics(0.05, -26.2, -1.6), cfg) is None
+    assert saturation_hint(_hint_metrics(6e-5, -1.0, -1.6), cfg) is None
+    assert saturation_hint({"loss": 1.0}, cfg) is None
+    for method in ({"name": "scd_neg"}, {"name": "c3po", "loss_type": "ipo"}, {"name": "dpo", "label_smoothing": 0.1}):
+        other = load_config(make_config(tmp_path, tiny_model_dir, name=method["name"], method=method))
+        assert saturation_hint(_hint_metrics(6e-5, -26.2, -1.6), other) is None
+
+
+def test_training_prints_the_saturation_note(tmp_path, tiny_model_dir, capsys):
+    # β 5 saturates the sigmoid within a few steps, long before a heart emoji outweighs the baseline
+    path = make_config(tmp_path, tiny_model_dir, method={"name": "dpo", "beta": 5.0},
+                       train={"max_steps": 6, "eval_every": 6})
+    run(path)
+    err = capsys.readouterr().err
+    assert "note: the DPO term has saturated (validation:" in err, err
