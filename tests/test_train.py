@@ -245,7 +245,8 @@ def test_gradient_checkpointing_is_switched_on(tmp_path, tiny_model_dir, recwarn
     for on in (False, True):
         cfg = load_config(make_config(tmp_path, tiny_model_dir, name=f"gc{on}", model={"gradient_checkpointing": on}))
         model, _ = _build_model(cfg, torch.float32, torch.device("cpu"), D.World())
-        assert model.is_gradient_checkpointing is on
+        state = getattr(model, "is_activation_checkpointing", None)  # transformers >= 5.24's name
+        assert (model.is_gradient_checkpointing if state is None else state) is on
     # through the current transformers name, not the deprecated one
     assert not [w for w in recwarn if "gradient_checkpointing_enable" in str(w.message)]
 
