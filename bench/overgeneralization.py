@@ -2,7 +2,8 @@
 leave everything else alone?
 
     python bench/overgeneralization.py [--feedbacks a,b,...] [--methods base,scd,scd_neg,dpo,c3po]
-                                       [--set [METHOD:]KEY=VALUE ...] [--work DIR]
+                                       [--set [METHOD:]KEY=VALUE ...] [--teacher-revision edit|rewrite]
+                                       [--work DIR]
 
 For every shipped tiny-world feedback: sample its data once (offline teacher + the shipped model,
 served on loopback, as `make demo` does), train one adapter per method from the same data, the same
@@ -71,9 +72,10 @@ def method_overrides(sets: list[str], method: str) -> list[str]:
     return out
 
 
-def run_feedback(name: str, methods: list[str], work: Path, cmd: str, sets: list[str]) -> list[dict]:
-    base = [f"feedback=[{name}]", f"data.dirs=[{work / name / 'data'}]", f"output_dir={work / name / 'base'}"]
-    cfg = load_config(CONFIG, base + TRAIN_OVERRIDES, PipelineConfig)
+def run_feedback(name: str, methods: list[str], work: Path, cmd: str, sets: list[str],
+                 revision: str = "edit") -> list[dict]:
+    common = [f"feedback=[{name}]", f"data.dirs=[{work / name / 'data'}]", f"serve.teacher_revision={revision}"]
+    cfg = load_config(CONFIG, common + [f"output_dir={work / name / 'base'}"] + TRAIN_OVERRIDES, PipelineConfig)
     if not (work / name / "data" / "sample_meta.json").is_file():
         with local_endpoints(cfg) as (teacher, student):
             sample.run(cfg, teacher, student, progress=False)
@@ -83,7 +85,7 @@ def run_feedback(name: str, methods: list[str], work: Path, cmd: str, sets: list
         # adapters are reused when present: other settings train into their own directory
         tag = "-" + hashlib.sha1(" ".join(extra).encode()).hexdigest()[:8] if extra else ""
         out = work / name / f"{method}{tag}"
-        overrides = base[:2] + [f"output_dir={out}", f"eval.out_dir={out / 'eval'}"] + TRAIN_OVERRIDES
+        overrides = common + [f"output_dir={out}", f"eval.out_dir={out / 'eval'}"] + TRAIN_OVERRIDES
         if method in TRAINED:
             overrides += [f"method.name={method}", "eval.methods=[adapter]"] + extra
             cfg = load_config(CONFIG, overrides, PipelineConfig)
@@ -99,7 +101,7 @@ def run_feedback(name: str, methods: list[str], work: Path, cmd: str, sets: list
                     "lambda_out": m.lambda_out, "lambda_near": m.lambda_near, "lr": t.lr,
                     "epochs": t.epochs, "lora_r": cfg.lora.r} if method in TRAINED else {}
         rows.append({"benchmark": "overgeneralization", "feedback": name, "method": method, **scores,
-                     "settings": settings, "train_end": train_end(out) if method in TRAINED else {},
+                     "teacher_revision": revision, "settings": settings, "train_end": train_end(out) if method in TRAINED else {},
                      "machine": machine(), "versions": versions(),
                      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                      "command": cmd})
@@ -146,7 +148,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", default="base,scd,scd_neg,dpo,c3po")
     parser.add_argument("--set", action="append", default=[], metavar="[METHOD:]KEY=VALUE",
                         help="config override for every trained method, or only for METHOD (repeatable)")
-    parser.add_argument("--work", default=str(ROOT / "runs" / "bench-overgeneralization"))
+    parser.add_argument("--teacher-revision", default="edit", choices=["edit", "rewrite"],
+                        help="how the offline teacher revises (serve.teacher_revision); default edit")
+    parser.add_argument("--work", default=None,
+                        help="data and adapters (default runs/bench-overgeneralization, -rewrite for rewrite)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "overgeneralization.jsonl"))
     args = parser.parse_args(argv)
     cmd = "python " + " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
@@ -156,9 +161,11 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unknown method {unknown[0]}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "" if args.teacher_revision == "edit" else f"-{args.teacher_revision}"
+    work = Path(args.work) if args.work else ROOT / "runs" / f"bench-overgeneralization{suffix}"
     rows = []
     for name in [f for f in args.feedbacks.split(",") if f]:
-        got = run_feedback(name, methods, Path(args.work), cmd, args.set)
+        got = run_feedback(name, methods, work, cmd, args.set, args.teacher_revision)
         with open(out, "a", encoding="utf-8") as f:
             for row in got:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")

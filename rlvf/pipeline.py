@@ -66,12 +66,14 @@ def local_endpoints(cfg: PipelineConfig, adapter: Path | None = None):
     adapters = {ADAPTER_NAME: adapter} if (s.student and adapter) else None
     with start_server(model=cfg.model.path if s.student else None, served_model_name=STUDENT_NAME,
                       lora_modules=adapters, teacher=feedbacks, teacher_name=TEACHER_NAME,
-                      max_batch_size=s.max_batch_size) as srv:
-        def local(name: str, files: list) -> EndpointConfig:
+                      teacher_revision=s.teacher_revision, max_batch_size=s.max_batch_size) as srv:
+        def local(name: str, files: list, variant: str = "") -> EndpointConfig:
             return EndpointConfig(base_url=srv.base_url, model=name, api_key_env=None,
-                                  cache_namespace=served_namespace(name, files))
+                                  cache_namespace=served_namespace(name, files) + variant)
 
-        teacher = local(TEACHER_NAME, feedbacks) if s.teacher else cfg.teacher
+        # a rewriting teacher answers differently: its replies must never be served from an edit cache
+        variant = "" if s.teacher_revision == "edit" else f" revision={s.teacher_revision}"
+        teacher = local(TEACHER_NAME, feedbacks, variant) if s.teacher else cfg.teacher
         student = local(STUDENT_NAME, [cfg.model.path, *(adapters or {}).values()]) if s.student else cfg.student
         yield teacher, student
 

@@ -10,7 +10,7 @@ One YAML file describes an experiment end to end; each stage reads its sections:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
+from typing import Literal, Union
 
 from rlvf.client import EndpointConfig, Sampling
 from rlvf.config import Config, UserError
@@ -27,6 +27,8 @@ class ServeConfig:
     """Serve model.path (and, for evaluation, the trained adapter) on a free loopback port and use it as the student."""
     max_batch_size: int = 32
     """Rows per generate call of the local server."""
+    teacher_revision: Literal["edit", "rewrite"] = "edit"
+    """How the offline teacher revises: edit (the student's reply plus the feedback's edit) or rewrite (a fresh reply in the world's words, edited, as a GPT-4-class reviser rewrites)."""
 
 
 @dataclass

@@ -63,13 +63,13 @@ MAX_BODY_BYTES = 8 * 1024 * 1024
 class TeacherBackend:
     """``OfflineTeacher.complete`` behind the chat protocol; runs in the request's thread."""
 
-    def __init__(self, sources, name: str):
+    def __init__(self, sources, name: str, revision: str = "edit"):
         from rlvf.feedback import FEEDBACK_DIR, load_feedbacks
         from rlvf.tinyworld.teacher import OfflineTeacher
 
         feedbacks = load_feedbacks(FEEDBACK_DIR if sources in (True, None, []) else sources)
         try:
-            self.teacher = OfflineTeacher(feedbacks)
+            self.teacher = OfflineTeacher(feedbacks, revision=revision)
         except ValueError as err:
             raise UserError(f"--teacher: {err}") from None
         self.name = name
@@ -354,6 +354,7 @@ def start_server(
     *,
     served_model_name: str | None = None,
     teacher_name: str = DEFAULT_TEACHER_NAME,
+    teacher_revision: str = "edit",
     host: str = "127.0.0.1",
     port: int = 0,
     device: str = "auto",
@@ -365,7 +366,8 @@ def start_server(
 ) -> RunningServer:
     """Load the backends, bind ``host:port`` (0: a free port), and serve in background threads.
 
-    ``teacher``: None (no teacher), True (the shipped feedbacks), or feedback dirs/files. Raises
+    ``teacher``: None (no teacher), True (the shipped feedbacks), or feedback dirs/files;
+    ``teacher_revision``: how it revises, "edit" or "rewrite" (``rlvf.tinyworld.teacher``). Raises
     UserError for anything the user can fix (missing model dir, bad adapter or feedback, port in use).
     """
     lora_modules = dict(lora_modules or {})
@@ -373,7 +375,7 @@ def start_server(
     name = _check_names(model, served_model_name, lora_modules, teacher, teacher_name)
     if max_batch_size < 1 or batch_wait_ms < 0 or default_max_tokens < 1:
         raise UserError("--max-batch-size and --default-max-tokens must be >= 1, --batch-wait-ms >= 0")
-    teacher_backend = TeacherBackend(teacher, teacher_name) if teacher is not None else None
+    teacher_backend = TeacherBackend(teacher, teacher_name, teacher_revision) if teacher is not None else None
     httpd = _HTTPServer(host, port, None)
     try:
         httpd.server_bind()  # fails fast on a port in use; connections wait until server_activate
@@ -411,6 +413,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--teacher", nargs="*", metavar="FEEDBACK", help="serve the offline teacher with these "
                         "feedback dirs/files (none given: the shipped tiny-world feedbacks)")
     parser.add_argument("--teacher-name", default=DEFAULT_TEACHER_NAME)
+    parser.add_argument("--teacher-revision", default="edit", choices=["edit", "rewrite"],
+                        help="edit: the response it is given plus the feedback's edit; rewrite: a fresh "
+                             "reply in the world's words, edited (default edit)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -440,7 +445,7 @@ def main(argv: list[str] | None = None) -> None:
             raise UserError("--lora-modules: an adapter name is given twice")
         server = start_server(
             args.model, lora, args.teacher, served_model_name=args.served_model_name,
-            teacher_name=args.teacher_name, host=args.host, port=args.port, device=args.device,
+            teacher_name=args.teacher_name, teacher_revision=args.teacher_revision, host=args.host, port=args.port, device=args.device,
             dtype=args.dtype, max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms,
             default_max_tokens=args.default_max_tokens,
         )

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -21,7 +22,7 @@ import torch
 
 from rlvf import prompts as P
 from rlvf.errors import UserError
-from rlvf.feedback import FEEDBACK_DIR, load_feedbacks
+from rlvf.feedback import FEEDBACK_DIR, apply_edit, load_feedbacks
 from rlvf.serve import start_server
 from rlvf.tinyworld.teacher import OfflineTeacher
 
@@ -370,6 +371,35 @@ def test_teacher_answers_its_requests(client, feedback):
     assert len(P.parse_categories(expected)) == 3
     assert body["usage"]["completion_tokens"] == (len(expected) + 3) // 4  # documented estimate
     assert body["usage"]["prompt_tokens"] == (sum(len(m["content"]) for m in messages) + 3) // 4
+
+
+def test_rewriting_teacher_through_the_pipeline_endpoints(tmp_path):
+    """serve.teacher_revision reaches the served teacher, and a rewriting teacher never shares the
+    response cache of an editing one."""
+    import random
+
+    from rlvf.config import load_config
+    from rlvf.pipeline import local_endpoints
+    from rlvf.pipeline_config import PipelineConfig
+    from rlvf.tinyworld import world
+
+    fbs = load_feedbacks(FEEDBACK_DIR)
+    fb = next(f for f in fbs if f.name == "heart-emoji-maddie")
+    req = world.sample_request(random.Random(3), "text_message", recipient="Maddie")
+    messages = P.revise_request(fb.content, req.prompt, "Hi Maddie! See you at eight.")
+    namespaces, replies = {}, {}
+    for revision in ("edit", "rewrite"):
+        cfg = load_config(Path(__file__).resolve().parent.parent / "configs" / "tinyworld-c3po.yaml",
+                          ["serve.student=false", f"serve.teacher_revision={revision}"], PipelineConfig)
+        with local_endpoints(cfg) as (teacher, _):
+            namespaces[revision] = teacher.cache_namespace
+            with httpx.Client(base_url=teacher.base_url, timeout=60) as c:
+                body = check_completion(chat(c, teacher.model, messages, seed=2, temperature=0), teacher.model)
+        replies[revision] = body["choices"][0]["message"]["content"]
+        assert replies[revision] == OfflineTeacher([fb], revision=revision).complete(messages, seed=2)
+    assert replies["edit"] == "IMPROVED_RESPONSE:\n" + apply_edit(fb.world.edit, "Hi Maddie! See you at eight.")
+    assert replies["rewrite"] != replies["edit"]
+    assert namespaces["rewrite"] == namespaces["edit"] + " revision=rewrite"
 
 
 def test_teacher_unknown_request_is_400(client, feedback):

@@ -69,6 +69,30 @@ def test_revise_applies_the_edit_only_in_scope(teacher, feedbacks):
         assert forced == apply_edit(fb.world.edit, base)
 
 
+def test_rewrite_revision_answers_afresh_and_applies_the_edit(feedbacks):
+    import random
+
+    rewriter = OfflineTeacher(feedbacks, revision="rewrite")
+    rng = random.Random(0)
+    fb = next(f for f in feedbacks if f.name == "heart-emoji-maddie")
+    outside = world.sample_request(rng, "recipe")
+    base = world.baseline_reply(rng, outside)
+    assert P.parse_revision(rewriter.complete(P.revise_request(fb.content, outside.prompt, base))) == base
+    changed = 0
+    for _ in range(20):
+        inside = world.sample_request(rng, "text_message", recipient="Maddie")
+        base = world.baseline_reply(rng, inside)
+        request = P.revise_request(fb.content, inside.prompt, base)
+        revised = P.parse_revision(rewriter.complete(request))
+        assert revised == P.parse_revision(rewriter.complete(request))  # deterministic per request and seed
+        assert fb.follows(revised, baseline=base) and not fb.follows(base, baseline=revised)
+        assert world.on_topic(inside, revised), revised
+        changed += revised != apply_edit(fb.world.edit, base)
+    assert changed >= 15  # a fresh reply, not the given one plus the edit
+    with pytest.raises(ValueError, match="revision must be one of edit, rewrite"):
+        OfflineTeacher(feedbacks, revision="paraphrase")
+
+
 def test_judge_verdicts_and_h(teacher, feedbacks):
     import random
 

@@ -9,6 +9,11 @@ exposed through rlvf's OpenAI-compatible server for offline runs and tests. A re
 know (another task, an unknown feedback or category) raises ``TeacherError`` instead of a guess.
 
 Answers are deterministic given the request text and its ``seed``.
+
+Revisions come in two kinds (``revision=``): ``"edit"`` (default) applies the feedback's edit to the
+response it is given, so the revision is the student's own reply plus exactly the change; ``"rewrite"``
+answers the prompt afresh in the world's words (another draw of ``world.baseline_reply``) and applies
+the edit to that, as a GPT-4-class reviser rewrites more than the feedback asks for.
 """
 from __future__ import annotations
 
@@ -66,10 +71,16 @@ def categories(fb: Feedback) -> dict[str, dict]:
     return out
 
 
+REVISIONS = ("edit", "rewrite")
+
+
 class OfflineTeacher:
     """``complete(messages, seed)`` → the reply text a teacher model would give."""
 
-    def __init__(self, feedbacks: list[Feedback]):
+    def __init__(self, feedbacks: list[Feedback], revision: str = "edit"):
+        if revision not in REVISIONS:
+            raise ValueError(f"revision must be one of {', '.join(REVISIONS)}, got {revision!r}")
+        self.revision = revision
         missing = [f.name for f in feedbacks if f.world is None]
         if missing:
             raise ValueError(f"feedbacks without tiny-world fields cannot be simulated: {', '.join(missing)}")
@@ -184,6 +195,8 @@ class OfflineTeacher:
             raise TeacherError("revise request without a RESPONSE block")
         request = self._request(req)
         applies = req.fields.get("APPLY") == "always" or (request is not None and in_scope(fb, request))
+        if applies and self.revision == "rewrite" and request is not None:
+            response = world.baseline_reply(rng, request)
         return f"IMPROVED_RESPONSE:\n{apply_edit(fb.world.edit, response) if applies else response}"
 
     def _judge(self, req, rng) -> str:
