@@ -101,7 +101,8 @@ def run_feedback(name: str, methods: list[str], work: Path, cmd: str, sets: list
                     "lambda_out": m.lambda_out, "lambda_near": m.lambda_near, "lr": t.lr,
                     "epochs": t.epochs, "lora_r": cfg.lora.r} if method in TRAINED else {}
         rows.append({"benchmark": "overgeneralization", "feedback": name, "method": method, **scores,
-                     "teacher_revision": revision, "settings": settings, "train_end": train_end(out) if method in TRAINED else {},
+                     "teacher_revision": revision, "settings": settings,
+                     "train_end": train_end(out) if method in TRAINED else {},
                      "machine": machine(), "versions": versions(),
                      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                      "command": cmd})

@@ -445,8 +445,8 @@ def main(argv: list[str] | None = None) -> None:
             raise UserError("--lora-modules: an adapter name is given twice")
         server = start_server(
             args.model, lora, args.teacher, served_model_name=args.served_model_name,
-            teacher_name=args.teacher_name, teacher_revision=args.teacher_revision, host=args.host, port=args.port, device=args.device,
-            dtype=args.dtype, max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms,
+            teacher_name=args.teacher_name, teacher_revision=args.teacher_revision, host=args.host,
+            port=args.port, device=args.device, dtype=args.dtype, max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms,
             default_max_tokens=args.default_max_tokens,
         )
     print(f"serving {', '.join(server.names)} at {server.base_url}", file=sys.stderr, flush=True)
