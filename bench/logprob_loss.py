@@ -107,16 +107,24 @@ def seq_logps_naive(x: dict, chunk: int) -> torch.Tensor:
     return token_logps.view(S, T - 1).sum(1)  # (S,)
 
 
-def loss_from_logps(logps: torch.Tensor, x: dict, s: dict, case: str) -> torch.Tensor:
-    """DPO on the pairs, plus the C3PO SFT constraints on near/out rows for case 'c3po': scalar."""
-    from rlvf.losses import c3po_loss, dpo_loss, sft_loss
+def objective(s: dict, case: str):
+    """(method settings, layout) of the case: C3PO with the paper's weights, or DPO alone."""
+    from rlvf.config import MethodConfig
+    from rlvf.objective import Layout
 
-    P = s["pairs"]
-    d = dpo_loss(logps[:P], logps[P:2 * P], x["ref_chosen"], x["ref_rejected"], beta=BETA)
-    if case == "dpo":
-        return d.losses.mean()
-    near, out = logps[2 * P:2 * P + s["near"]], logps[2 * P + s["near"]:]
-    return c3po_loss(d.losses, sft_loss(out), sft_loss(near), LAMBDA_OUT, LAMBDA_NEAR)[0]
+    near, out = (s["near"], s["out"]) if case == "c3po" else (0, 0)
+    method = MethodConfig(name="c3po" if case == "c3po" else "dpo", beta=BETA,
+                          **({"lambda_out": LAMBDA_OUT, "lambda_near": LAMBDA_NEAR} if case == "c3po" else {}))
+    return method, Layout(pairs=s["pairs"], near=near, out=out)
+
+
+def loss_from_logps(logps: torch.Tensor, x: dict, s: dict, case: str) -> torch.Tensor:
+    """DPO on the pairs, plus the C3PO constraints on near/out rows for case 'c3po' (rlvf.objective): scalar."""
+    from rlvf.objective import method_loss
+
+    method, layout = objective(s, case)
+    n_tokens = torch.full_like(logps, s["T"] - 1, dtype=torch.long)  # every position is scored
+    return method_loss(method, layout, logps, n_tokens, x["ref_chosen"], x["ref_rejected"]).loss
 
 
 def liger_loss_fn(x: dict, compiled: bool):
@@ -135,13 +143,12 @@ def fused_c3po_fn(x: dict, s: dict, case: str):
     hidden, labels = x["hidden"], x["labels"]
     S, T, H = hidden.shape
     seq_index = torch.arange(S, device=hidden.device).repeat_interleave(T - 1)  # (N,)
-    near, out = (s["near"], s["out"]) if case == "c3po" else (0, 0)
+    method, layout = objective(s, case)
 
     def fn():
         h = hidden[:, :-1].reshape(-1, H)  # (N, H)
-        return fused_c3po_loss(h, x["weight"], labels[:, 1:].reshape(-1), seq_index, x["ref_chosen"],
-                               x["ref_rejected"], near, out, BETA, LAMBDA_OUT, LAMBDA_NEAR,
-                               chunk_size=s["chunk"]).loss
+        return fused_c3po_loss(h, x["weight"], labels[:, 1:].reshape(-1), seq_index, layout, method,
+                               x["ref_chosen"], x["ref_rejected"], chunk_size=s["chunk"]).loss
 
     return fn
 

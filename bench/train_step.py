@@ -9,8 +9,8 @@ trainers see exactly the same token ids (TRL's tokenized dataset is checked agai
 
 Implementations, each in a fresh process:
 - ``rlvf-dpo``: what rlvf/train.py does for one step of method dpo: ``inject_lora``, one
-  concatenated chosen + rejected forward through ``rlvf.logprobs.sequence_logprobs``,
-  ``dpo_loss`` → ``c3po_loss`` with no constraint terms, ``reward_metrics``, backward, gradient
+  concatenated chosen + rejected forward through ``rlvf.logprobs.sequence_method_loss``,
+  ``rlvf.objective.method_loss`` (DPO, or C3PO with its constraints), its metrics, backward, gradient
   clipping at 1.0, ``torch.optim.AdamW`` step, ``zero_grad``. Reference log-probs precomputed
   (adapters disabled) before timing, as rlvf.train caches them.
 - ``trl-dpo``: ``trl.DPOTrainer`` with a ``peft.LoraConfig`` of the same r / α / dropout / targets,
@@ -20,7 +20,7 @@ Implementations, each in a fresh process:
   each step from ``on_step_begin`` (batch already collated) to ``on_step_end`` (after the
   optimizer step and zero_grad): the same span as rlvf's. Forward = ``trainer.compute_loss``.
 - ``rlvf-c3po``: the full C3PO step (4 pairs + 4 near-scope + 4 out-of-scope sequences, SFT
-  constraints, λ_out 0.2, λ_near 0.1): more tokens per step; shown beside, no target.
+  constraints (token-mean NLL), λ_out 0.2, λ_near 0.1): more tokens per step; shown beside, no target.
 - ``torch.matmul``: the machine's fp32 matmul rate (4096³ on the CPU), measured in the same run,
   the denominator of the model-FLOP utilisation (MFU).
 
@@ -116,9 +116,10 @@ def step_flops(model, s: dict, n_seqs: int) -> float:
 
 def rlvf_worker(args, s: dict, device: torch.device, case: str) -> dict:
     """Warm-up + timed + 1 memory step of rlvf's own loop (DPO or C3PO), mirroring rlvf/train.py."""
-    from rlvf.logprobs import sequence_logprobs
+    from rlvf.config import MethodConfig
+    from rlvf.logprobs import sequence_logprobs, sequence_method_loss
     from rlvf.lora import disable_adapters, inject_lora, trainable_parameters
-    from rlvf.losses import c3po_loss, dpo_loss, reward_metrics, sft_loss
+    from rlvf.objective import Layout
 
     warmup, iters = _counts(args)
     P = s["pairs"]
@@ -134,19 +135,18 @@ def rlvf_worker(args, s: dict, device: torch.device, case: str) -> dict:
     params = trainable_parameters(model)
     optimizer = torch.optim.AdamW(params, lr=LR, betas=(0.9, 0.999), weight_decay=0.0)
     step = iter(range(10**9))
+    c3po = case == "c3po"
+    method = MethodConfig(name="c3po" if c3po else "dpo", beta=BETA,
+                          **({"lambda_out": LAMBDA_OUT, "lambda_near": LAMBDA_NEAR} if c3po else {}))
+    layout = Layout(pairs=P, near=P if c3po else 0, out=P if c3po else 0)
 
-    def forward():
+    def forward():  # rlvf.train.compute_loss: one forward, rlvf.objective, the logged metrics
         k = next(step) % len(batches)
         b, ref = batches[k], refs[k]
-        lp = sequence_logprobs(model, b["input_ids"], b["attention_mask"], b["labels"], chunk_size=1024)
-        d = dpo_loss(lp.logps[:P], lp.logps[P:2 * P], ref[:P], ref[P:], beta=BETA)
-        near = out = None
-        if case == "c3po":
-            near, out = sft_loss(lp.logps[2 * P:3 * P]), sft_loss(lp.logps[3 * P:])
-        loss = c3po_loss(d.losses, out, near, LAMBDA_OUT, LAMBDA_NEAR)[0]
-        reward_metrics(d.chosen_rewards, d.rejected_rewards)  # the loop logs these (.item() syncs)
-        loss.item()
-        return loss
+        res = sequence_method_loss(model, b["input_ids"], b["attention_mask"], b["labels"], layout, method,
+                                   ref[:P], ref[P:], chunk_size=1024)
+        res.metrics(layout)  # the loop logs these (.item() syncs)
+        return res.loss
 
     def backward(loss):
         loss.backward()

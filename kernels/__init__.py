@@ -5,18 +5,13 @@
     linear_logprob_triton.py  the same two ops with Triton kernels (CUDA; CPU under TRITON_INTERPRET=1)
     dispatch.py               ``linear_logprobs`` / ``linear_kl``: Triton on CUDA, torch otherwise
                               (``RLVF_KERNELS=auto|torch|triton``)
-    c3po_loss.py              the C3PO loss of a micro-batch on one fused log-prob call, and its reference
+    c3po_loss.py              any method's micro-batch loss on one fused log-prob call (assembled by
+                              rlvf/objective.py), and its full-logits reference
 
 Nothing here imports Triton at import time: dispatch.py imports linear_logprob_triton only when the
 Triton path is taken, so triton stays an optional dependency.
 """
-from .c3po_loss import (
-    C3POOutput,
-    c3po_from_sequence_logps,
-    c3po_metrics,
-    fused_c3po_loss,
-    naive_c3po_loss,
-)
+from .c3po_loss import fused_c3po_loss, naive_c3po_loss
 from .dispatch import (
     ENV_VAR,
     linear_kl,
@@ -37,11 +32,8 @@ from .linear_logprob import (
 __all__ = [
     "ENV_VAR",
     "IGNORE_INDEX",
-    "C3POOutput",
     "ChunkedLinearKL",
     "ChunkedLinearLogprob",
-    "c3po_from_sequence_logps",
-    "c3po_metrics",
     "chunked_linear_kl",
     "chunked_linear_logprobs",
     "fused_c3po_loss",

@@ -1,10 +1,11 @@
 """From data rows to the method's training streams and deterministic micro-batches.
 
-Every method trains on a *main stream* (DPO pairs for c3po/dpo, SFT rows for scd/scd_neg/sft),
-walked epoch by epoch in a seeded order, plus for c3po and scd_neg two *constraint streams* (near-
-and out-of-scope baselines) cycled alongside, ``batch_size`` items of each per micro-batch, as the
-original C3PO trainer zipped one near and one out row with each in-scope pair. Micro-batch ``i`` is
-a pure function of (seed, i), so a resumed run sees exactly the batches the interrupted one would.
+Every method trains on a *main stream* (DPO pairs, or rows scored by their NLL; rlvf/methods.py
+says which), walked epoch by epoch in a seeded order, plus for methods with constraints two
+*constraint streams* (near- and out-of-scope baselines) cycled alongside, ``batch_size`` items of
+each per micro-batch, as the original C3PO trainer zipped one near and one out row with each
+in-scope pair. Micro-batch ``i`` is a pure function of (seed, i), so a resumed run sees exactly the
+batches the interrupted one would.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 
 from rlvf.config import Config
+from rlvf.methods import METHODS
 from rlvf.data import Encoded, SCOPES, encode_pair, encode_row, read_rows, scope_file, split_validation, stream_indices
 
 MAIN, NEAR, OUT = 0, 1, 2  # stream ids for the seeded orders
@@ -32,15 +34,10 @@ class Streams:
 
 
 def required_fields(cfg: Config) -> dict[str, tuple[str, ...]]:
-    """Fields each scope's rows must have for this method."""
+    """Fields each scope's rows must have for this method (() for a scope it does not read)."""
     m = cfg.method
-    need = {"in_scope": ("baseline", "revised"), "near_scope": (), "out_of_scope": ()}
-    if m.name in ("c3po", "scd_neg", "sft"):
-        need["near_scope"] = need["out_of_scope"] = ("baseline",)
-    if m.name == "dpo":
-        need["near_scope"] = ("baseline", "revised") if m.negatives_near_ratio > 0 else ()
-        need["out_of_scope"] = ("baseline", "revised") if m.negatives_out_ratio > 0 else ()
-    return need
+    ratios = {"near_scope": m.negatives_near_ratio or 0, "out_of_scope": m.negatives_out_ratio or 0}
+    return {scope: METHODS[m.name].fields(scope, ratios) for scope in SCOPES}
 
 
 def load_rows(cfg: Config) -> dict[str, list[dict]]:
@@ -73,26 +70,27 @@ class _Encoder:
 
 
 def _negatives(rows: list[dict], ratio: float, n_in: int, seed: int, stream: int) -> list[dict]:
-    k = min(len(rows), round(ratio * n_in))
+    k = min(len(rows), int(ratio * n_in))  # int(): the original's count, rounded down
     return [rows[i] for i in stream_indices(len(rows), 0, k, seed, stream)]
 
 
 def build_streams(cfg: Config, rows: dict[str, list[dict]], tokenizer) -> tuple[Streams, int]:
     """(streams, number of rows dropped because their completion vanished under truncation)."""
-    m, enc = cfg.method, _Encoder(tokenizer, cfg)
+    m, spec, enc = cfg.method, METHODS[cfg.method.name], _Encoder(tokenizer, cfg)
     s = Streams()
     ins, near, out = rows["in_scope"], rows.get("near_scope", []), rows.get("out_of_scope", [])
-    if m.name in ("c3po", "dpo"):
+    if spec.pairs:
         s.pairs = [p for r in ins for p in enc.pair(r, "revised", "baseline")]
-    if m.name == "dpo":
-        for scope_rows, ratio, stream in ((near, m.negatives_near_ratio, NEAR), (out, m.negatives_out_ratio, OUT)):
-            negs = _negatives(scope_rows, ratio, len(ins), cfg.train.seed, stream)
-            s.pairs += [p for r in negs for p in enc.pair(r, "baseline", "revised")]
-    if m.name in ("scd", "scd_neg", "sft"):
+    if spec.sft_in:
         s.rows = [e for r in ins for e in enc.row(r, "revised")]
-    if m.name == "sft":
-        s.rows += [e for r in near + out for e in enc.row(r, "baseline")]
-    if m.name in ("c3po", "scd_neg"):
+    if spec.negatives:  # the original selects the first ratio·n_in rows of each scope's seeded shuffle
+        for scope_rows, ratio, stream in ((near, m.negatives_near_ratio, NEAR), (out, m.negatives_out_ratio, OUT)):
+            negs = _negatives(scope_rows, ratio or 0, len(ins), cfg.train.seed, stream)
+            if spec.negatives == "pairs":
+                s.pairs += [p for r in negs for p in enc.pair(r, "baseline", "revised")]
+            else:
+                s.rows += [e for r in negs for e in enc.row(r, "baseline")]
+    if spec.constraints:
         s.near = [e for r in near for e in enc.row(r, "baseline")]
         s.out = [e for r in out for e in enc.row(r, "baseline")]
     return s, enc.dropped
@@ -134,8 +132,12 @@ def micro_batch(s: Streams, i: int, batch_size: int, seed: int, ordered: bool = 
     return MicroBatch(main, near, out)
 
 
-def n_micro_batches(n_main: int, batch_size: int, epochs: float) -> int:
-    return max(1, math.ceil(epochs * n_main / batch_size))
+def optimizer_steps(n_main: int, batch_size: int, grad_accum: int, epochs: float) -> int:
+    """Optimizer steps of a run, counted as Hugging Face's Trainer does (the original's): an epoch of
+    ceil(n / batch_size) micro-batches makes floor(· / grad_accum) steps (at least 1), and a run
+    ceil(epochs · steps per epoch); micro-batches left over at the end of an epoch do not train."""
+    per_epoch = max(1, math.ceil(n_main / batch_size) // grad_accum)
+    return max(1, math.ceil(epochs * per_epoch))
 
 
 def shard_micro_batch(mb: MicroBatch, rank: int, world_size: int) -> tuple[MicroBatch, int]:

@@ -28,9 +28,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from rlvf.errors import UserError
-
-METHODS = ("c3po", "dpo", "scd", "scd_neg", "sft")
-
+from rlvf.methods import KD_KEYS, METHODS, PER_METHOD_KEYS
 
 class _Loader(yaml.SafeLoader):
     """SafeLoader reading YAML 1.2 floats: PyYAML (YAML 1.1) reads ``1e-5`` as a string."""
@@ -84,8 +82,8 @@ class ModelConfig:
     """Weights dtype of the frozen base model. auto: bfloat16 on CUDA, float32 on CPU (bf16 matmul is slow on CPUs)."""
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     """Attention kernel passed to from_pretrained."""
-    gradient_checkpointing: bool = False
-    """Recompute decoder activations in backward: less memory, about a third more compute."""
+    gradient_checkpointing: bool = True
+    """Recompute decoder activations in backward: less memory, about a third more compute (the original's gradient_checkpointing: true; off pays for small models on CPUs)."""
 
 
 @dataclass
@@ -120,32 +118,46 @@ class DataConfig:
 
 @dataclass
 class MethodConfig:
+    """The objective. Defaults reproduce the original code's config_lcdpo.json (C3PO); a setting the
+    chosen method does not read must be left at its default (rlvf/methods.py lists what each reads)."""
+
     name: Literal["c3po", "dpo", "scd", "scd_neg", "sft"] = "c3po"
-    """c3po: DPO(in) + λ_out·L_c(out) + λ_near·L_c(near); dpo: in-scope pairs (plus optional negatives); scd: SFT on revised in-scope responses; scd_neg: scd + λ-weighted SFT on near/out baselines; sft: token-averaged SFT on every row's target."""
+    """c3po: DPO(in) + λ_out·L_c(out) + λ_near·L_c(near) (config_lcdpo.json); dpo: DPO on in-scope pairs, near/out rows as reversed pairs at negatives_*_ratio (config_dpo.json); scd: NLL of revised in-scope responses (config_sft.json); scd_neg: scd + λ-weighted NLL of near/out baselines (config_sft_weighted.json); sft: NLL of revised in-scope responses and of near/out baselines as extra rows (config_sft_neg.json)."""
     beta: float = 0.1
-    """DPO temperature β."""
+    """DPO temperature β (dpo_beta)."""
     loss_type: Literal["sigmoid", "ipo", "hinge"] = "sigmoid"
-    """Preference loss: DPO (sigmoid), IPO or hinge (SLiC)."""
+    """Preference loss: DPO (sigmoid), IPO (on per-token mean log-probs, as TRL ≥ 0.7.11) or hinge (SLiC)."""
     label_smoothing: float = 0.0
     """Conservative DPO label smoothing ε (sigmoid loss only)."""
-    lambda_out: float = 0.2
-    """Weight λ_out of the constraint on out-of-scope rows (c3po, scd_neg)."""
-    lambda_near: float = 0.1
-    """Weight λ_near of the constraint on near-scope rows (c3po, scd_neg)."""
+    reference: Literal["base", "init_adapter"] = "base"
+    """Reference policy of the DPO term: base (the base model, adapters off, as the original also does when continuing from an adapter) or init_adapter (base + the lora.init_from adapter, dropout off)."""
+    lambda_out: Union[float, None] = None
+    """Weight λ_out of the out-of-scope constraint (lcdpo_sigma_soft). Unset: c3po 0.2, scd_neg 0.5."""
+    lambda_near: Union[float, None] = None
+    """Weight λ_near of the near-scope constraint (lcdpo_sigma_hard). Unset: c3po 0.1, scd_neg 0.5."""
     constraint: Literal["sft", "kd"] = "sft"
-    """Constraint loss L_c on near/out rows: sft (−log π(baseline)) or kd ((1−κ)·SFT + κ·T²·KL(π_ref‖π))."""
-    kd_kappa: float = 0.5
-    """KD mixing weight κ (constraint: kd)."""
-    kd_temperature: float = 5.0
-    """KD temperature T (constraint: kd)."""
-    kd_per_token: bool = False
-    """Average the constraint per completion token instead of summing per sequence."""
-    kd_squared: bool = False
-    """Use ½·L_c² instead of L_c."""
-    negatives_near_ratio: float = 0.0
-    """dpo only: near-scope pairs (chosen = baseline, rejected = revised) added per in-scope pair."""
-    negatives_out_ratio: float = 0.0
-    """dpo only: out-of-scope pairs (chosen = baseline, rejected = revised) added per in-scope pair."""
+    """c3po's constraint L_c on near/out baselines: sft (their NLL) or kd ((1−κ)·NLL + κ·T²·KL(π_ref‖π), the original's KD; π_ref is the base model)."""
+    nll_reduction: Literal["token_mean", "sequence_sum"] = "token_mean"
+    """How each row's NLL is reduced over its completion tokens before the mean over rows: token_mean (Hugging Face's causal-LM loss of the row, as the original) or sequence_sum (−log π(y|x) of the whole response)."""
+    kl_reduction: Literal["token_mean", "sequence_sum"] = "sequence_sum"
+    """How each row's KL is reduced over its tokens (constraint: kd): sequence_sum (the original's default) or token_mean (lcdpo_avg_kl)."""
+    kd_kappa: float = 1.0
+    """KD mixing weight κ (lcdpo_lambda; constraint: kd). 1 reproduces config_lcdpo_kl.json."""
+    kd_temperature: float = 1.0
+    """KD temperature T (lcdpo_temp; constraint: kd)."""
+    constraint_squared: bool = False
+    """Use ½·L_c² per row instead of L_c (the original's use_l2; c3po)."""
+    negatives_near_ratio: Union[float, None] = None
+    """dpo, sft: near-scope rows added per in-scope row, as reversed pairs (dpo) or baseline rows (sft) (negative_prompt_ratio). Unset: dpo 0, sft 0.5."""
+    negatives_out_ratio: Union[float, None] = None
+    """dpo, sft: out-of-scope rows added per in-scope row, as negatives_near_ratio (general_prompt_ratio). Unset: dpo 0, sft 0.5."""
+
+
+# Keys that earlier versions read, with what replaced them.
+_REPLACED = {
+    "method.kd_per_token": "replaced by method.nll_reduction and method.kl_reduction (token_mean | sequence_sum)",
+    "method.kd_squared": "renamed method.constraint_squared",
+}
 
 
 @dataclass
@@ -157,9 +169,9 @@ class TrainConfig:
     max_steps: int = 0
     """Stop after this many optimizer steps (0: derived from epochs)."""
     batch_size: int = 1
-    """Main-stream items per micro-batch (c3po also takes as many near and out rows)."""
-    grad_accum: int = 1
-    """Micro-batches per optimizer step."""
+    """Main-stream items per micro-batch (c3po also takes as many near and out rows); the loss does not depend on it, only memory and speed do."""
+    grad_accum: int = 16
+    """Micro-batches per optimizer step (the original's gradient_accumulation_steps: 16 at batch_size 1)."""
     scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     """Learning-rate schedule after warmup."""
     warmup_ratio: float = 0.05
@@ -339,6 +351,8 @@ def _build(cls, raw: dict, prefix: str, where: str):
             full = f"{prefix}.{name}" if prefix else str(name)
             if str(name).lower().replace("-", "_") in SECRET_KEYS:
                 raise _secret_key(cls, full, where)
+            if full in _REPLACED:
+                raise UserError(f"{where}: {full}: {_REPLACED[full]}")
             raise _unknown_key(cls, full, str(name), where)
         _check_special(name, raw[name], f"{prefix}.{name}" if prefix else name, where)
     kwargs = {}
@@ -384,19 +398,7 @@ def validate(cfg: Config, where: str) -> Config:
     _check(0 < d.max_prompt_length <= d.max_length, where, "data.max_prompt_length",
            f"must be in [1, data.max_length={d.max_length}], got {d.max_prompt_length}")
     _check(0 <= d.val_fraction < 1, where, "data.val_fraction", f"must be in [0, 1), got {d.val_fraction}")
-    _check(m.beta > 0, where, "method.beta", f"must be positive, got {m.beta}")
-    _check(0 <= m.label_smoothing < 0.5, where, "method.label_smoothing", "must be in [0, 0.5)")
-    _check(m.label_smoothing == 0 or m.loss_type == "sigmoid", where, "method.label_smoothing",
-           f"only applies to loss_type sigmoid, not {m.loss_type}")
-    for key in ("lambda_out", "lambda_near", "negatives_near_ratio", "negatives_out_ratio"):
-        _check(getattr(m, key) >= 0, where, f"method.{key}", "must be >= 0")
-    _check(0 <= m.kd_kappa <= 1, where, "method.kd_kappa", f"must be in [0, 1], got {m.kd_kappa}")
-    _check(m.kd_temperature > 0, where, "method.kd_temperature", "must be positive")
-    _check(m.constraint == "sft" or m.name == "c3po", where, "method.constraint",
-           f"'kd' needs the reference model and applies to method c3po only, not {m.name}")
-    negatives = m.negatives_near_ratio > 0 or m.negatives_out_ratio > 0
-    _check(not negatives or m.name == "dpo", where, "method.negatives_near_ratio",
-           f"negatives turn near/out rows into DPO pairs and apply to method dpo only, not {m.name}")
+    _check_method(m, lo, where)
     _check(t.lr > 0, where, "train.lr", f"must be positive, got {t.lr}")
     _check(t.epochs > 0, where, "train.epochs", f"must be positive, got {t.epochs}")
     for key in ("batch_size", "grad_accum", "logprob_chunk_size", "log_every", "save_total_limit"):
@@ -411,6 +413,37 @@ def validate(cfg: Config, where: str) -> Config:
     return cfg
 
 
+def _check_method(m: MethodConfig, lo: LoRAConfig, where: str) -> None:
+    """Method ranges, settings the method would ignore, and the per-method defaults filled in."""
+    spec = METHODS[m.name]
+    _check(m.beta > 0, where, "method.beta", f"must be positive, got {m.beta}")
+    _check(0 <= m.label_smoothing < 0.5, where, "method.label_smoothing", "must be in [0, 0.5)")
+    _check(m.label_smoothing == 0 or m.loss_type == "sigmoid", where, "method.label_smoothing",
+           f"only applies to loss_type sigmoid, not {m.loss_type}")
+    for key in PER_METHOD_KEYS:
+        value = getattr(m, key)
+        _check(value is None or value >= 0, where, f"method.{key}", f"must be >= 0, got {value}")
+    _check(0 <= m.kd_kappa <= 1, where, "method.kd_kappa", f"must be in [0, 1], got {m.kd_kappa}")
+    _check(m.kd_temperature > 0, where, "method.kd_temperature", "must be positive")
+    _check(m.constraint == "sft" or spec.kd, where, "method.constraint",
+           f"'kd' needs the reference model and applies to method c3po only, not {m.name}")
+    _check(m.reference == "base" or lo.init_from, where, "method.reference",
+           "'init_adapter' needs lora.init_from (the adapter training continues from)")
+    _check(not (m.constraint == "kd" and m.reference == "init_adapter"), where, "method.reference",
+           "'init_adapter' with constraint 'kd' would mix two references (the KL's is the base model)")
+    reads, default = spec.reads(m.constraint), MethodConfig()
+    for f in dataclasses.fields(MethodConfig):
+        value = getattr(m, f.name)
+        if f.name not in reads and value is not None and value != getattr(default, f.name):
+            used = "with constraint 'sft'" if f.name in KD_KEYS and spec.kd else f"by method {m.name}"
+            raise UserError(f"{where}: method.{f.name}: {value!r} is not used {used}; remove it "
+                            f"(rlvf/methods.py lists what each method reads)")
+    unset = {key for key in PER_METHOD_KEYS if getattr(m, key) is None and key in spec.defaults}
+    for key in unset:  # the saved config shows the values that trained
+        setattr(m, key, spec.defaults[key])
+    m.__dict__["_unset"] = unset  # not a field: sweeps re-resolve these per point (expand_sweep)
+
+
 # ----------------------------------------------------------------------------- loading
 
 
@@ -421,6 +454,8 @@ def _set_dotted(raw: dict, key: str, value, where: str, root=None) -> None:
         names = {f.name: f for f in dataclasses.fields(cls)}
         if part not in names and part.lower().replace("-", "_") in SECRET_KEYS:
             raise _secret_key(cls, ".".join(parts[: i + 1]), where)
+        if part not in names and ".".join(parts[: i + 1]) in _REPLACED:
+            raise UserError(f"{where}: {key}: {_REPLACED[key]}")
         if part not in names:
             raise _unknown_key(cls, ".".join(parts[: i + 1]), part, where)
         tp = typing.get_type_hints(cls)[part]
@@ -556,6 +591,8 @@ def expand_sweep(cfg: Config, where: str) -> list[tuple[str, Config]]:
         return [("", cfg)]
     base = to_dict(cfg)
     base.pop("sweep")
+    for key in getattr(cfg.method, "_unset", ()):  # per-method defaults follow each point's method.name
+        base["method"][key] = None
     runs = []
     for point in points:
         raw = copy.deepcopy(base)

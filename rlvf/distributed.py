@@ -15,9 +15,9 @@ Under torchrun:
   (``rlvf.batches.shard_micro_batch``). A rank backpropagates its share of the global mean,
   loss_rank · n_rank / n_global, and FSDP's reduce-scatter *sums* the ranks' gradients (its
   default average over ranks is switched off), so the gradient is that of the mean over the
-  global micro-batch, as in one process. This holds for every loss that is a mean over items
-  (DPO, IPO, hinge, SFT, KD); ``method.kd_squared`` squares each rank's mean instead of the
-  global one. Dropout masks are drawn per rank (seed + rank).
+  global micro-batch, as in one process. This holds for every loss rlvf.objective builds, each a
+  mean of per-item terms (DPO, IPO, hinge, NLL, KD, squared constraints). Dropout masks are drawn
+  per rank (seed + rank).
 - rlvf's log-prob path calls the backbone and uses the lm head's weight directly, never
   ``model.forward``; ``run_forward`` runs such a function as a registered FSDP forward method of
   the root, so the root's parameters are gathered around it and its backward hooks are set.

@@ -25,14 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from rlvf.kernels import (
-    IGNORE_INDEX,
-    C3POOutput,
-    c3po_from_sequence_logps,
-    fused_c3po_loss,
-    linear_kl,
-    linear_logprobs,
-)
+from rlvf.kernels import IGNORE_INDEX, fused_c3po_loss, linear_kl, linear_logprobs
+from rlvf.objective import Layout, LossOutput, method_loss
 
 # Config keys that rescale the logits after lm_head in some architectures (Cohere, Granite, ...).
 # The fused path does not apply them, so a model that sets one to anything but 1 is rejected.
@@ -218,35 +212,40 @@ def sequence_logprobs(
     return logprobs_from_hidden(model, hidden, _mask_padding(labels, attention_mask), chunk_size)
 
 
-def sequence_c3po_loss(
+def sequence_method_loss(
     model: nn.Module,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     labels: torch.Tensor,
-    ref_chosen: torch.Tensor,
-    ref_rejected: torch.Tensor,
-    n_near: int,
-    n_out: int,
+    layout: Layout,
+    method,
+    ref_chosen: torch.Tensor | None = None,
+    ref_rejected: torch.Tensor | None = None,
+    constraint_ref_hidden: torch.Tensor | None = None,
     chunk_size: int = 1024,
-    **loss_options,
-) -> C3POOutput:
-    """C3PO loss (Stephan et al. 2024, eq. 5) of a micro-batch collated as [chosen (B) | rejected (B) |
-    near | out]: one backbone forward, one fused log-prob call over all scored tokens
-    (``rlvf.kernels.fused_c3po_loss``), then rlvf.losses. ref_chosen, ref_rejected (B,);
-    ``loss_options``: beta, lambda_out, lambda_near, loss_type, label_smoothing, per_token_sft.
-    A head that is not a plain linear map takes the generic chunked path to the same per-sequence sums.
+) -> LossOutput:
+    """The loss of ``method`` (an rlvf.config.MethodConfig) on a micro-batch collated in ``layout``
+    order (rlvf/objective.py): one backbone forward, one fused log-prob call over all scored tokens
+    (``rlvf.kernels.fused_c3po_loss``), then ``rlvf.objective.method_loss``.
+
+    input_ids, attention_mask, labels (S, T); ref_chosen, ref_rejected (P,) reference log-probs of
+    the pairs; constraint_ref_hidden (N + O, T, H) the reference backbone's hidden states of the near
+    and out rows (adapters off, no grad), needed for constraint: kd only. A head that is not a plain
+    linear map takes the generic chunked path to the same per-sequence sums.
     """
-    hidden = backbone_hidden(model, input_ids, attention_mask)  # (B, T, H)
+    hidden = backbone_hidden(model, input_ids, attention_mask)  # (S, T, H)
     labels = _mask_padding(labels, attention_mask)
+    kl = None
+    if constraint_ref_hidden is not None:
+        c = layout.constraint_rows
+        kl = sequence_kl(model, hidden[c], constraint_ref_hidden, labels[c], method.kd_temperature, chunk_size).kl
     head = output_head(model)
     if not head.fused:
         lp = logprobs_from_hidden(model, hidden, labels, chunk_size)
-        return c3po_from_sequence_logps(lp.logps, lp.n_tokens, ref_chosen, ref_rejected, n_near, n_out, **loss_options)
-    h, targets, rows, _ = _scored_positions(hidden, labels)  # (N, H), (N,), (N,)
-    return fused_c3po_loss(
-        _as_head_dtype(h, head.weight), head.weight, targets, rows, ref_chosen, ref_rejected, n_near, n_out,
-        chunk_size=chunk_size, softcap=head.softcap, **loss_options,
-    )
+        return method_loss(method, layout, lp.logps, lp.n_tokens, ref_chosen, ref_rejected, kl)
+    h, targets, rows, _ = _scored_positions(hidden, labels)  # (M, H), (M,), (M,)
+    return fused_c3po_loss(_as_head_dtype(h, head.weight), head.weight, targets, rows, layout, method,
+                           ref_chosen, ref_rejected, kl, chunk_size=chunk_size, softcap=head.softcap)
 
 
 def naive_sequence_logprobs(

@@ -1,7 +1,8 @@
-"""C3PO and baseline losses: small pure functions of per-sequence log-probabilities.
+"""The terms of C3PO and its baselines: small pure functions of per-sequence log-probabilities.
 
 Every input is a per-sequence quantity from rlvf.logprobs (log π(y | x) summed over the response
-tokens, shape (B,)), so the same functions serve the fused and the naive log-prob paths.
+tokens, shape (B,)), so the same functions serve the fused and the naive log-prob paths; every
+output is per pair or per row. rlvf/objective.py assembles them into each method's loss.
 Notation: π the policy (LoRA on), π_ref the frozen reference (adapters off), y_w ≻ y_l the
 revised (chosen) and baseline (rejected) responses to an in-scope prompt, σ the logistic function.
 """
@@ -63,80 +64,58 @@ def dpo_loss(
     return DPOOutput(losses, beta * chosen_logratio.detach(), beta * rejected_logratio.detach())
 
 
-def sft_loss(
-    logps: torch.Tensor, n_tokens: torch.Tensor | None = None, per_token: bool = False
-) -> torch.Tensor:
-    """Negative log-likelihood, −(1/B) Σ_b log π(y_b | x_b): scalar.
+REDUCTIONS = ("token_mean", "sequence_sum")
 
-    logps (B,) per-sequence sums. Default: the sum over tokens per sequence, mean over sequences,
-    the paper's L_SFT. ``per_token``: −(1/B) Σ_b log π(y_b|x_b) / |y_b| (needs n_tokens (B,)).
+
+def per_row(values: torch.Tensor, n_tokens: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Per-sequence sums (B,) as each row's ``token_mean`` (divided by its scored-token count; an
+    empty row counts 1) or ``sequence_sum`` (unchanged): (B,)."""
+    if reduction == "sequence_sum":
+        return values
+    if reduction == "token_mean":
+        return values / n_tokens.clamp(min=1)
+    raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
+def nll(logps: torch.Tensor, n_tokens: torch.Tensor, reduction: str = "token_mean") -> torch.Tensor:
+    """Negative log-likelihood of each row, (B,): −log π(y_b | x_b) per ``reduction`` (``per_row``).
+
+    ``token_mean`` of one row is Hugging Face's causal-LM loss ``model(input_ids, labels=...).loss``
+    on that row alone: the mean cross-entropy over its labelled tokens.
     """
-    return -_per_row(logps, n_tokens, per_token).mean()
+    return -per_row(logps, n_tokens, reduction)
 
 
-def kd_loss(
+def constraint_loss(
     logps: torch.Tensor,
-    kl: torch.Tensor,
-    n_tokens: torch.Tensor | None,
-    kappa: float,
+    n_tokens: torch.Tensor,
+    kl: torch.Tensor | None = None,
+    kappa: float = 0.0,
     temperature: float = 1.0,
-    per_token: bool = False,
+    nll_reduction: str = "token_mean",
+    kl_reduction: str = "sequence_sum",
     squared: bool = False,
 ) -> torch.Tensor:
-    """Knowledge-distillation constraint on baseline responses (the upstream C3PO code's KD option):
+    """The constraint L_c of each near- or out-of-scope baseline row, (B,) (the original code's
+    ``compute_knowledge_distillation_loss``, one row at a time):
 
-        L = (1/B) Σ_b [ (1 − κ)·(−log π(y_b|x_b)) + κ·T²·KL_b ],   KL_b = Σ_t KL(π_ref ‖ π) at T
+        L_c,b = (1 − κ)·NLL_b + κ·T²·KL_b,     KL_b = Σ_t KL(π_ref ‖ π) at temperature T
 
-    logps (B,) and kl (B,) per-sequence sums (``sequence_kl``); ``per_token`` divides both by
-    n_tokens (B,) first. κ = 0 is ``sft_loss``; T² keeps the KL gradient's scale independent of T
-    (Hinton et al. 2015). ``squared`` returns ½·L² (upstream's L2 variant), whose gradient L·∂L
-    fades as the constraint is met. Scalar.
+    logps, kl (B,) per-sequence sums, n_tokens (B,); NLL_b and KL_b reduced over tokens as
+    ``nll_reduction`` / ``kl_reduction`` say (``per_row``). κ = 0 is the plain NLL (kl may then be
+    None); T² keeps the KL gradient's scale independent of T (Hinton et al. 2015). ``squared``
+    returns ½·L_c,b² (the original's ``use_l2``), whose gradient L·∂L fades as the constraint is met.
     """
     if not 0.0 <= kappa <= 1.0:
         raise ValueError(f"kappa must be in [0, 1], got {kappa}")
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    nll = -_per_row(logps, n_tokens, per_token)  # (B,)
-    kl = _per_row(kl, n_tokens, per_token)  # (B,)
-    loss = ((1 - kappa) * nll + kappa * temperature**2 * kl).mean()
+    loss = nll(logps, n_tokens, nll_reduction)  # (B,)
+    if kappa:
+        if kl is None:
+            raise ValueError("kappa > 0 needs the per-sequence KL")
+        loss = (1 - kappa) * loss + kappa * temperature**2 * per_row(kl, n_tokens, kl_reduction)
     return 0.5 * loss**2 if squared else loss
-
-
-def c3po_loss(
-    dpo_losses: torch.Tensor,
-    out_constraint: torch.Tensor | None,
-    near_constraint: torch.Tensor | None,
-    lambda_out: float = 0.2,
-    lambda_near: float = 0.1,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """C3PO objective (Stephan et al. 2024, eq. 5):
-
-        L = mean_in(L_DPO) + λ_out·L_out + λ_near·L_near
-
-    dpo_losses (B,) from ``dpo_loss`` on in-scope pairs; out_constraint / near_constraint scalar
-    losses on out-of-scope / near-scope baseline responses (``sft_loss``, or ``kd_loss``), or None
-    when that term is absent. Returns (total, parts) with detached parts "dpo", "out", "near", "total".
-    """
-    return _weighted_sum(dpo_losses.mean(), "dpo", out_constraint, near_constraint, lambda_out, lambda_near)
-
-
-def scd_loss(
-    in_sft: torch.Tensor,
-    out_sft: torch.Tensor | None = None,
-    near_sft: torch.Tensor | None = None,
-    lambda_out: float = 0.2,
-    lambda_near: float = 0.1,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Supervised context distillation baselines of the paper (Stephan et al. 2024):
-
-        SCD:             L = L_SFT(revised in-scope responses)
-        SCD + negatives: L = L_SFT(revised in-scope)
-                             + λ_out·L_SFT(out-of-scope baselines) + λ_near·L_SFT(near-scope baselines)
-
-    All arguments are scalar ``sft_loss`` values; leave out_sft and near_sft None for plain SCD.
-    Returns (total, parts) with detached parts "sft", "out", "near", "total".
-    """
-    return _weighted_sum(in_sft, "sft", out_sft, near_sft, lambda_out, lambda_near)
 
 
 def reward_metrics(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> dict[str, float]:
@@ -148,23 +127,3 @@ def reward_metrics(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor)
         "rewards/margins": margins.float().mean().item(),
         "rewards/accuracies": (margins > 0).float().mean().item(),
     }
-
-
-def _per_row(values: torch.Tensor, n_tokens: torch.Tensor | None, per_token: bool) -> torch.Tensor:
-    """values (B,), divided by the token counts when ``per_token`` (empty rows count as 1)."""
-    if not per_token:
-        return values
-    if n_tokens is None:
-        raise ValueError("per_token=True needs n_tokens")
-    return values / n_tokens.clamp(min=1)
-
-
-def _weighted_sum(main, main_name, out, near, lambda_out, lambda_near):
-    """main + λ_out·out + λ_near·near (None terms skipped), with a detached breakdown."""
-    total, parts = main, {main_name: main.detach()}
-    for name, term, weight in (("out", out, lambda_out), ("near", near, lambda_near)):
-        if term is not None:
-            total = total + weight * term
-            parts[name] = term.detach()
-    parts["total"] = total.detach()
-    return total, parts

@@ -30,14 +30,15 @@ from safetensors.torch import load_file, save_file
 
 from rlvf import checkpoint as ckpt
 from rlvf import distributed as D
-from rlvf.batches import (MicroBatch, Streams, build_streams, load_rows, micro_batch, n_micro_batches,
+from rlvf.batches import (MicroBatch, Streams, build_streams, load_rows, micro_batch, optimizer_steps,
                           shard_micro_batch, split_rows)
 from rlvf.config import Config, describe, expand_sweep, load_config, read_yaml, save_config, to_dict
 from rlvf.data import Encoded, collate
 from rlvf.errors import UserError, exit_on_user_error
-from rlvf.logprobs import SequenceLogps, backbone_hidden, logprobs_from_hidden, sequence_kl, sequence_logprobs
+from rlvf.logprobs import SequenceLogps, backbone_hidden, sequence_logprobs, sequence_method_loss
 from rlvf.lora import disable_adapters, inject_lora, load_adapter, save_adapter, trainable_parameters
-from rlvf.losses import c3po_loss, dpo_loss, kd_loss, reward_metrics, scd_loss, sft_loss
+from rlvf.methods import METHODS, summary
+from rlvf.objective import Layout
 from rlvf.metrics import MetricsWriter, check_reporter
 from rlvf.modeling import load_model, load_tokenizer, pick_device, pick_dtype
 
@@ -72,73 +73,34 @@ def _logps(model, items: list[Encoded], pad_id: int, device, chunk: int) -> Sequ
     return sequence_logprobs(model, b["input_ids"], b["attention_mask"], b["labels"], chunk_size=chunk)
 
 
-def _kd_terms(model, items: list[Encoded], cfg: Config, pad_id: int, device) -> tuple[SequenceLogps, torch.Tensor]:
-    """Policy log-probs and per-sequence KL(π_ref ‖ π) at temperature T for constraint rows."""
-    b = _device_batch(items, pad_id, device)
-    with torch.no_grad(), disable_adapters(model):
-        ref_hidden = backbone_hidden(model, b["input_ids"], b["attention_mask"])
-    hidden = backbone_hidden(model, b["input_ids"], b["attention_mask"])
-    chunk = cfg.train.logprob_chunk_size
-    lp = logprobs_from_hidden(model, hidden, b["labels"], chunk_size=chunk)
-    kl = sequence_kl(model, hidden, ref_hidden, b["labels"], cfg.method.kd_temperature, chunk_size=chunk)
-    return lp, kl.kl
-
-
-def _constraint(lp: SequenceLogps, kl: torch.Tensor | None, cfg: Config) -> torch.Tensor:
-    """L_c on near/out rows: SFT, or KD (1−κ)·SFT + κ·T²·KL; per token and squared as configured."""
-    m = cfg.method
-    kappa = m.kd_kappa if m.constraint == "kd" else 0.0
-    kl = torch.zeros_like(lp.logps) if kl is None else kl
-    return kd_loss(lp.logps, kl, lp.n_tokens, kappa, m.kd_temperature, per_token=m.kd_per_token, squared=m.kd_squared)
-
-
 def compute_loss(model, s: Streams, mb: MicroBatch, ref: RefLogps | None, cfg: Config, pad_id: int,
                  device) -> tuple[torch.Tensor, dict[str, float], int]:
-    """The method's loss on one micro-batch: (loss, metrics, number of tokens processed)."""
-    m, chunk = cfg.method, cfg.train.logprob_chunk_size
+    """The method's loss on one micro-batch: (loss, metrics, number of tokens processed).
+
+    Every sequence goes through one concatenated forward in rlvf.objective.Layout order (as TRL's
+    concatenated_forward does for chosen + rejected); constraint: kd adds a no-grad forward of the
+    near and out rows with adapters off for the KL's reference. rlvf.objective assembles the loss.
+    """
+    m = cfg.method
     pairs = [s.pairs[i] for i in mb.main] if s.pairs else []
     rows = [s.rows[i] for i in mb.main] if s.rows else []
     near, out = [s.near[i] for i in mb.near], [s.out[i] for i in mb.out]
-    kd = m.constraint == "kd"
-    # One concatenated forward for every sequence that needs only log-probs (as TRL's
-    # concatenated_forward does for chosen + rejected).
-    seqs = [c for c, _ in pairs] + [r for _, r in pairs] + rows + ([] if kd else near + out)
-    lp = _logps(model, seqs, pad_id, device, chunk)
+    layout = Layout(len(pairs), len(rows), len(near), len(out))
+    seqs = [c for c, _ in pairs] + [r for _, r in pairs] + rows + near + out
+    b = _device_batch(seqs, pad_id, device)
     n_tokens = sum(len(x.input_ids) for x in seqs)
-    B, R = len(pairs), len(rows)
-    parts, metrics = {}, {}
+    ref_c = ref_r = ref_hidden = None
     if pairs:
         idx = torch.tensor(mb.main, device=device)
-        pc, pr, rc, rr = lp.logps[:B], lp.logps[B:2 * B], ref.chosen[idx].to(device), ref.rejected[idx].to(device)
-        if m.loss_type == "ipo":  # IPO compares length-normalised log-probs
-            nc, nr = lp.n_tokens[:B], lp.n_tokens[B:2 * B]
-            pc, pr, rc, rr = pc / nc, pr / nr, rc / nc, rr / nr
-        d = dpo_loss(pc, pr, rc, rr, beta=m.beta, loss_type=m.loss_type, label_smoothing=m.label_smoothing)
-        parts["dpo"] = d.losses.mean()
-        metrics.update(reward_metrics(d.chosen_rewards, d.rejected_rewards))
-        metrics["logps/chosen"] = pc.detach().mean().item()
-        metrics["logps/rejected"] = pr.detach().mean().item()
-    if rows:
-        rlp = SequenceLogps(lp.logps[2 * B:2 * B + R], lp.n_tokens[2 * B:2 * B + R])
-        parts["sft"] = sft_loss(rlp.logps, rlp.n_tokens, per_token=m.name == "sft")
-    if near or out:
-        if kd:
-            (nlp, nkl), (olp, okl) = (_kd_terms(model, x, cfg, pad_id, device) for x in (near, out))
-            n_tokens += sum(len(x.input_ids) for x in near + out)
-        else:
-            k = 2 * B + R
-            nlp = SequenceLogps(lp.logps[k:k + len(near)], lp.n_tokens[k:k + len(near)])
-            olp = SequenceLogps(lp.logps[k + len(near):], lp.n_tokens[k + len(near):])
-            nkl = okl = None
-        parts["near"] = _constraint(nlp, nkl, cfg)
-        parts["out"] = _constraint(olp, okl, cfg)
-    weights = {"lambda_out": m.lambda_out, "lambda_near": m.lambda_near}
-    if "dpo" in parts:
-        loss, _ = c3po_loss(parts["dpo"], parts.get("out"), parts.get("near"), **weights)
-    else:
-        loss, _ = scd_loss(parts["sft"], parts.get("out"), parts.get("near"), **weights)
-    metrics.update({f"loss/{k}": v.detach().item() for k, v in parts.items()})
-    return loss, metrics, n_tokens
+        ref_c, ref_r = ref.chosen[idx].to(device), ref.rejected[idx].to(device)
+    if m.constraint == "kd" and (near or out):
+        c = layout.constraint_rows
+        with torch.no_grad(), disable_adapters(model):
+            ref_hidden = backbone_hidden(model, b["input_ids"][c], b["attention_mask"][c])
+        n_tokens += sum(len(x.input_ids) for x in near + out)
+    res = sequence_method_loss(model, b["input_ids"], b["attention_mask"], b["labels"], layout, m, ref_c, ref_r,
+                               ref_hidden, chunk_size=cfg.train.logprob_chunk_size)
+    return res.loss, res.metrics(layout), n_tokens
 
 
 # ----------------------------------------------------------------------------- reference log-probs
@@ -146,7 +108,7 @@ def compute_loss(model, s: Streams, mb: MicroBatch, ref: RefLogps | None, cfg: C
 
 def _fingerprint(cfg: Config, s: Streams) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps([cfg.model.path, cfg.model.dtype, cfg.lora.init_from]).encode())
+    h.update(json.dumps([cfg.model.path, cfg.model.dtype, cfg.lora.init_from, cfg.method.reference]).encode())
     for c, r in s.pairs:
         h.update(json.dumps([c.input_ids, c.labels, r.input_ids, r.labels]).encode())
     return h.hexdigest()
@@ -155,14 +117,15 @@ def _fingerprint(cfg: Config, s: Streams) -> str:
 @torch.no_grad()
 def compute_reference(model, s: Streams, cfg: Config, pad_id: int, device, autocast,
                       world: D.World = D.SINGLE) -> RefLogps:
-    """log π_ref(y|x) for every pair. π_ref is the policy at the start of training: the base model
-    (adapters disabled), or base + the ``lora.init_from`` adapter (dropout off) when continuing.
+    """log π_ref(y|x) for every pair. π_ref is the base model (adapters disabled), also when training
+    continues from ``lora.init_from`` as the original does; ``method.reference: init_adapter`` makes
+    it base + that adapter (dropout off) instead.
 
     Under torchrun each rank computes a contiguous shard of the pairs and the shards are gathered.
     """
     was_training = model.training
     model.eval()
-    ctx = contextlib.nullcontext() if cfg.lora.init_from else disable_adapters(model)
+    ctx = contextlib.nullcontext() if cfg.method.reference == "init_adapter" else disable_adapters(model)
     chosen, rejected, B = [], [], cfg.train.batch_size
     mine, sizes = list(D.shard_range(len(s.pairs), world)), D.shard_sizes(len(s.pairs), world)
     with ctx, autocast():
@@ -211,11 +174,13 @@ def cached_reference(path: Path, model, s: Streams, cfg: Config, pad_id, device,
 
 
 def lr_lambda(total_steps: int, warmup_steps: int, kind: str):
-    """Multiplier of the peak lr at step t: linear warmup, then cosine / linear decay to 0 or constant."""
+    """Multiplier of the peak lr at step t: linear warmup from 0, then cosine / linear decay to 0 or
+    constant; the schedules of transformers' get_{cosine,linear,constant}_schedule_with_warmup, which
+    the original's Trainer uses (so its first step, t = 0, has lr 0 when there is a warmup)."""
 
     def f(t: int) -> float:
         if t < warmup_steps:
-            return (t + 1) / (warmup_steps + 1)
+            return t / max(1, warmup_steps)
         progress = (t - warmup_steps) / max(1, total_steps - warmup_steps)
         if kind == "cosine":
             return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
@@ -296,9 +261,6 @@ def prepare(cfg: Config, resume: bool):
                         "or choose another output_dir")
     if resume and (run_dir / "config.yaml").is_file():
         _check_resume_config(cfg, run_dir)
-    if cfg.method.constraint == "kd" and cfg.lora.init_from:
-        raise UserError("method.constraint: 'kd' with lora.init_from is not supported "
-                        "(its reference would be the base model, not the adapter being continued)")
     check_reporter(cfg.train.report_to)
     device = pick_device(cfg.train.device)
     tokenizer = load_tokenizer(cfg.model.path)
@@ -309,7 +271,7 @@ def prepare(cfg: Config, resume: bool):
     if train_s.n_main == 0:
         raise UserError(f"data.dirs: no trainable in-scope rows left for method {cfg.method.name} "
                         f"({dropped} dropped by data.max_length={cfg.data.max_length})")
-    if cfg.method.name in ("c3po", "scd_neg") and not (train_s.near and train_s.out):
+    if METHODS[cfg.method.name].constraints and not (train_s.near and train_s.out):
         raise UserError("data.dirs: method needs near-scope and out-of-scope rows, but none are left after truncation")
     return run_dir, device, tokenizer, train_s, val_s, dropped + val_dropped
 
@@ -377,8 +339,7 @@ def train(cfg: Config, resume: bool = False) -> Path:
 
     params = trainable_parameters(model)
     optimizer = torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.adam_betas), weight_decay=t.weight_decay)
-    micro_total = n_micro_batches(train_s.n_main, t.batch_size, t.epochs)
-    total_steps = t.max_steps or math.ceil(micro_total / t.grad_accum)
+    total_steps = t.max_steps or optimizer_steps(train_s.n_main, t.batch_size, t.grad_accum, t.epochs)
     warmup = math.ceil(t.warmup_ratio * total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, warmup, t.scheduler))
     step = 0
@@ -396,6 +357,7 @@ def train(cfg: Config, resume: bool = False) -> Path:
 
     n_base = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in params)
     ranks = f" × {world.size} ranks (FSDP2)" if world.distributed else ""
+    log(f"method {summary(cfg.method)}")
     log(f"{cfg.method.name}: {len(wrapped)} LoRA modules, {sum(p.numel() for p in params):,} trainable / "
         f"{n_base:,} frozen parameters; {train_s.n_main} train items ({len(train_s.near)} near, "
         f"{len(train_s.out)} out), {val_s.n_main} validation; {dropped} rows dropped by truncation; "
@@ -484,7 +446,7 @@ def saturation_hint(metrics: dict, cfg: Config) -> str | None:
     baseline (the failure bench/README.md measures on the tiny world). ``metrics``: the last
     validation row (``eval/`` keys) or, without validation, the last training row."""
     m = cfg.method
-    if m.name not in ("c3po", "dpo") or m.loss_type != "sigmoid" or m.label_smoothing:
+    if not METHODS[m.name].pairs or m.loss_type != "sigmoid" or m.label_smoothing:
         return None
     p = "eval/" if "eval/loss/dpo" in metrics else ""
     keys = [p + k for k in ("loss/dpo", "rewards/margins", "logps/chosen", "logps/rejected")]

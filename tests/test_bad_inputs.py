@@ -65,10 +65,10 @@ def write_yaml(path: Path, raw: dict) -> Path:
 
 
 def train_config(tmp: Path, model, data=None, **sections) -> Path:
-    raw = {"model": {"path": str(model), "dtype": "float32"},
+    raw = {"model": {"path": str(model), "dtype": "float32", "gradient_checkpointing": False},
            "data": {"dirs": [str(data or TOY)], "max_length": 96, "max_prompt_length": 48, "val_fraction": 0.0},
            "output_dir": str(tmp / "out"), "lora": {"r": 2, "alpha": 4},
-           "train": {"max_steps": 1, "batch_size": 2, "progress": False}}
+           "train": {"max_steps": 1, "batch_size": 2, "grad_accum": 1, "progress": False}}
     for key, value in sections.items():
         raw[key] = {**raw.get(key, {}), **value}
     return write_yaml(tmp / "cfg.yaml", raw)
@@ -437,6 +437,15 @@ ADAPTER_CASES = {  # id: (break a copy of the good adapter -> the file the messa
     "pickle weights only": (_adapter_pickle_only, "not found (adapter_model.bin is not supported"),
     "truncated safetensors": (_overwrite("adapter_model.safetensors", None), "cannot read safetensors"),
     "dora adapter": (_adapter_config(use_dora=True), "use_dora = True is not supported"),
+    "layers_to_transform leaves weights out": (_adapter_config(layers_to_transform=[0]),
+                                               "layers.1.self_attn.q_proj has LoRA weights but adapter_config.json "
+                                               "layers_to_transform [0] leaves it out (layer 1)"),
+    "exclude_modules leaves weights out": (_adapter_config(exclude_modules=["v_proj"]),
+                                           "v_proj has LoRA weights but adapter_config.json exclude_modules"),
+    "init that rewrites the base": (_adapter_config(init_lora_weights="pissa"),
+                                    "init_lora_weights = 'pissa' is not supported (PEFT rewrites the base weights"),
+    "layer replication": (_adapter_config(layer_replication=[[0, 2], [1, 2]]), "layer_replication = [[0, 2], [1, 2]]"),
+    "no target_modules": (_adapter_config(target_modules=None), "target_modules is missing"),
 }
 
 
@@ -486,6 +495,64 @@ def test_bad_adapter_mix(tmp_path, good_adapter, capsys):
         code, lines = run_cli("adapters", ["mix", *argv, "--out", out], capsys)
         assert_one_line_error(code, lines, fragment, named)
     assert snapshot(tmp_path) == before
+
+
+def _user_files(out: Path) -> Path:
+    (out / "drafts").mkdir(parents=True)
+    (out / "thesis.txt").write_text("four years of work")
+    (out / "drafts" / "chapter1.txt").write_text("it was a dark and stormy night")
+    return out
+
+
+OUT_CASES = {  # id: (argv after the subcommand, given tmp, model dir, adapter -> (argv, named), fragment)
+    "mix into a non-empty dir": (lambda t, m, a: (["mix", "--adapter", str(a), "--out", str(_user_files(t / "o"))],
+                                                  t / "o"), "directory is not empty (it holds drafts, thesis.txt)"),
+    "export into a non-empty dir": (lambda t, m, a: (["export", "--model", str(m), "--adapter", str(a), "--out",
+                                                      str(_user_files(t / "o"))], t / "o"), "directory is not empty"),
+    "export over the base model": (lambda t, m, a: (["export", "--model", str(m), "--adapter", str(a), "--out", str(m),
+                                                     "--overwrite"], m), "is --model"),
+    "export over the adapter": (lambda t, m, a: (["export", "--model", str(m), "--adapter", str(a), "--out", str(a),
+                                                  "--overwrite"], a), "is --adapter"),
+    "mix over its input": (lambda t, m, a: (["mix", "--adapter", f"{a}:0.5", "--out", str(a), "--overwrite"], a),
+                           "is --adapter"),
+    "out above the model": (lambda t, m, a: (["export", "--model", str(m), "--adapter", str(a), "--out", str(m.parent),
+                                              "--overwrite"], m.parent), "holds --model"),
+    "out is a file": (lambda t, m, a: (["mix", "--adapter", str(a), "--out", str(a / "adapter_config.json")],
+                                       a / "adapter_config.json"), "exists and is not a directory"),
+}
+
+
+@pytest.mark.parametrize("case", list(OUT_CASES))
+def test_adapters_out_never_destroys_inputs_or_user_files(tmp_path, tiny_model_dir, good_adapter, capsys, case):
+    """`python -m rlvf.adapters mix|export --out`: refused before any work, nothing touched."""
+    make, fragment = OUT_CASES[case]
+    model, adapter = tmp_path / "models" / "base", tmp_path / "adapter"
+    shutil.copytree(tiny_model_dir, model)
+    shutil.copytree(good_adapter, adapter)
+    argv, named = make(tmp_path, model, adapter)
+    before = snapshot(tmp_path)
+    code, lines = run_cli("adapters", argv, capsys)
+    assert_one_line_error(code, lines, fragment, f"--out {named}")
+    assert snapshot(tmp_path) == before
+
+
+KEY_CASES = [  # (corpus file, value of RLVF_CORPUS_KEY, fragment)
+    ("api_key_malformed.yaml", "sk-corpus-0123456789abcdefghij\nsk-corpus-second-key-000", "contains a line break"),
+    ("api_key_malformed.yaml", "sk-corpus-0123456789abcdefghij\u2019", "contains a non-ASCII character"),
+]
+
+
+@pytest.mark.parametrize("name,key,fragment", KEY_CASES, ids=["newline", "non-ascii"])
+def test_malformed_api_key(in_tmp, capsys, monkeypatch, name, key, fragment):
+    """A key no HTTP header can carry: one line naming the variable (never the key), before any request."""
+    monkeypatch.setenv("RLVF_CORPUS_KEY", key)
+    shutil.copyfile(CORPUS / "config" / name, in_tmp / name)
+    before = snapshot(in_tmp)
+    code, lines = run_cli("sample", ["--config", name], capsys)
+    assert_one_line_error(code, lines, f"environment variable RLVF_CORPUS_KEY: the API key in it {fragment}",
+                          "RLVF_CORPUS_KEY")
+    assert "sk-corpus" not in lines[0] and "0123456789" not in lines[0]
+    assert snapshot(in_tmp) == before
 
 
 # ----------------------------------------------------------------------------- sampling inputs
@@ -545,7 +612,7 @@ def test_cli_subprocesses(tmp_path, tiny_model_dir):
 
 def test_every_corpus_file_has_a_case():
     used = {
-        "config": {c[0] for c in CONFIG_CASES},
+        "config": {c[0] for c in CONFIG_CASES} | {c[0] for c in KEY_CASES},
         "feedback": {c[0] for c in FEEDBACK_CASES},
         "data": {"missing_revised.jsonl", "baseline_not_string.jsonl", "non_utf8.jsonl", "empty.jsonl",
                  "bad_json.jsonl", "duplicate_id.jsonl", "not_object.jsonl", "empty_prompt.jsonl",

@@ -48,7 +48,15 @@ BAD = [
     (with_("lora", dropout=1.5), [], "lora.dropout: must be in [0, 1)"),
     (with_("data", max_prompt_length=4096), [], "data.max_prompt_length: must be in [1, data.max_length=2048]"),
     (with_("method", name="scd", constraint="kd"), [], "method.constraint: 'kd' needs the reference model"),
-    (with_("method", name="c3po", negatives_near_ratio=0.5), [], "method.negatives_near_ratio: negatives turn"),
+    (with_("method", name="c3po", negatives_near_ratio=0.5), [], "method.negatives_near_ratio: 0.5 is not used by method c3po"),
+    (with_("method", kd_kappa=0.5), [], "method.kd_kappa: 0.5 is not used with constraint 'sft'"),
+    (with_("method", name="scd", beta=0.5), [], "method.beta: 0.5 is not used by method scd"),
+    (with_("method", name="dpo", lambda_out=0.3), [], "method.lambda_out: 0.3 is not used by method dpo"),
+    (with_("method", name="scd_neg", constraint_squared=True), [], "method.constraint_squared: True is not used"),
+    (with_("method", reference="init_adapter"), [], "method.reference: 'init_adapter' needs lora.init_from"),
+    (with_("method", kd_per_token=True), [], "method.kd_per_token: replaced by method.nll_reduction"),
+    (GOOD, ["method.kd_squared=true"], "--set method.kd_squared=true: method.kd_squared: renamed method.constraint_squared"),
+    (with_("method", nll_reduction="mean"), [], "method.nll_reduction: expected one of 'token_mean', 'sequence_sum'"),
     (with_("method", loss_type="ipo", label_smoothing=0.1), [], "method.label_smoothing: only applies"),
     ({"data": {"dirs": ["D"]}, "output_dir": "O"}, [], "model.path: missing required value"),
     ({"model": {"path": "M"}, "data": {"dirs": ["D"]}}, [], "output_dir: missing required value"),
@@ -103,6 +111,25 @@ def test_defaults_are_the_papers(tmp_path):
     assert cfg.lora.exclude_modules == ["lm_head"] and cfg.lora.target_modules == "all-linear"
     assert (cfg.train.lr, cfg.train.scheduler, cfg.train.warmup_ratio, cfg.train.epochs) == (5e-5, "cosine", 0.05, 1.0)
     assert (cfg.data.max_length, cfg.data.max_prompt_length) == (2048, 1024)
+    # config_lcdpo.json: per_device_train_batch_size 1, gradient_accumulation_steps 16, gradient checkpointing,
+    # the constraint the per-token mean NLL (student_output.loss), bf16 on CUDA (model.dtype auto)
+    assert (cfg.train.batch_size, cfg.train.grad_accum, cfg.model.gradient_checkpointing) == (1, 16, True)
+    assert (cfg.method.name, cfg.method.constraint, cfg.method.nll_reduction) == ("c3po", "sft", "token_mean")
+    assert (cfg.method.reference, cfg.method.kd_kappa, cfg.method.kd_temperature) == ("base", 1.0, 1.0)
+    assert cfg.model.dtype == "auto" and cfg.data.val_fraction == 0.05
+
+
+def test_per_method_defaults_follow_each_sweep_point(tmp_path):
+    """λ and negatives ratios left unset take each method's original value, per sweep point."""
+    path = write(tmp_path, with_("sweep", grid={"method.name": ["c3po", "scd_neg", "sft", "dpo"]}))
+    runs = expand_sweep(load_config(path), str(path))
+    got = {r.method.name: (r.method.lambda_out, r.method.lambda_near, r.method.negatives_near_ratio,
+                           r.method.negatives_out_ratio) for _, r in runs}
+    assert got == {"c3po": (0.2, 0.1, None, None), "scd_neg": (0.5, 0.5, None, None),
+                   "sft": (None, None, 0.5, 0.5), "dpo": (None, None, 0.0, 0.0)}
+    # a value given in the file is kept for every point that reads it
+    path = write(tmp_path, with_("method", lambda_out=1.0) | {"sweep": {"grid": {"method.name": ["c3po", "scd_neg"]}}})
+    assert [r.method.lambda_out for _, r in expand_sweep(load_config(path), str(path))] == [1.0, 1.0]
 
 
 def test_overrides_and_yaml12_floats(tmp_path):
@@ -136,6 +163,23 @@ def test_every_field_documented():
     for i, line in enumerate(lines):
         if line.startswith("  ") and " = " in line and not line.startswith("      "):
             assert lines[i + 1].strip(), f"no docstring for {line.strip()}"
+
+
+def test_paper_preset_is_the_defaults(tmp_path):
+    """configs/paper-mistral-7b.yaml writes out config_lcdpo.json; rlvf's defaults are the same values."""
+    from rlvf.config import to_dict
+    from rlvf.pipeline_config import PipelineConfig
+
+    preset = to_dict(load_config(Path(__file__).resolve().parent.parent / "configs" / "paper-mistral-7b.yaml",
+                                 [], PipelineConfig))
+    default = to_dict(load_config(write(tmp_path, GOOD)))
+    for section in ("method", "lora"):
+        assert preset[section] == default[section], section
+    differ = {k for k in default["train"] if preset["train"][k] != default["train"][k]}
+    assert differ == {"eval_every"}  # the original evaluates every 8 steps; rlvf's default is the end only
+    assert preset["model"]["gradient_checkpointing"] is default["model"]["gradient_checkpointing"] is True
+    assert (preset["data"]["max_length"], preset["data"]["max_prompt_length"], preset["data"]["val_fraction"]) == \
+        (default["data"]["max_length"], default["data"]["max_prompt_length"], default["data"]["val_fraction"])
 
 
 def test_shipped_configs_load():

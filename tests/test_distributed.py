@@ -47,7 +47,7 @@ def adapter(out: Path) -> dict[str, torch.Tensor]:
     return load_file(out / "adapter" / "adapter_model.safetensors")
 
 
-def assert_same_run(a: Path, b: Path, rel: float = 1e-5, atol: float = 1e-6) -> None:
+def assert_same_run(a: Path, b: Path, rel: float = 1e-5, weight_rel: float = 2e-5) -> None:
     """Same logged trajectory (one row per step and eval, rank 0 only) and the same final adapter."""
     ra, rb = read_metrics(a), read_metrics(b)
     assert [r["step"] for r in ra] == [r["step"] for r in rb]
@@ -61,7 +61,11 @@ def assert_same_run(a: Path, b: Path, rel: float = 1e-5, atol: float = 1e-6) -> 
                 assert y[key] == pytest.approx(x[key], abs=1e-5), (x["step"], key)
     wa, wb = adapter(a), adapter(b)
     assert wa.keys() == wb.keys()
-    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) <= atol
+    # relative to the adapter's largest weight: AdamW divides each gradient element by its own running
+    # RMS, so fp32 sum-order rounding in a near-zero gradient element still moves that weight at lr scale
+    err = max((wa[k] - wb[k]).abs().max().item() for k in wa)
+    scale = max(wa[k].abs().max().item() for k in wa)
+    assert err <= weight_rel * scale, (err, scale)
 
 
 def config(tmp_path, model_dir, name, **sections):
@@ -137,7 +141,7 @@ def test_three_ranks_with_uneven_slices_match_one_process(tmp_path, tiny_model_d
     torchrun(make_config(tmp_path, tiny_model_dir, name="three", **sections), nproc=3)
     # 1e-5, not 1e-6: a few lora_A entries have |gradient| ≈ Adam's eps (1e-8) at step 2 (B was 0 at
     # step 1), where the update lr·g/(|g| + eps) turns ulp-level differences of g into ~1e-3·lr.
-    assert_same_run(one, tmp_path / "three", atol=1e-5)
+    assert_same_run(one, tmp_path / "three", weight_rel=1e-4)
 
 
 @pytest.mark.slow

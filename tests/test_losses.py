@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from rlvf.losses import c3po_loss, dpo_loss, kd_loss, reward_metrics, scd_loss, sft_loss
+from rlvf.losses import constraint_loss, dpo_loss, nll, reward_metrics
 
 t = torch.tensor
 
@@ -75,70 +75,40 @@ def test_dpo_rejects_bad_arguments(kwargs):
 LOGPS, N_TOKENS = t([-2.0, -4.0]), t([1, 4])
 
 
-def test_sft_loss():
-    # summed: −mean(−2, −4) = 3;  per token: −mean(−2/1, −4/4) = −mean(−2, −1) = 1.5
-    torch.testing.assert_close(sft_loss(LOGPS), t(3.0))
-    torch.testing.assert_close(sft_loss(LOGPS, N_TOKENS, per_token=True), t(1.5))
+def test_nll_reductions():
+    # token mean: (−(−2)/1, −(−4)/4) = (2, 1);  sequence sum: (2, 4)
+    torch.testing.assert_close(nll(LOGPS, N_TOKENS), t([2.0, 1.0]))
+    torch.testing.assert_close(nll(LOGPS, N_TOKENS, "sequence_sum"), t([2.0, 4.0]))
+    # a row with no scored token counts 1 token: −(−3)/1 = 3
+    torch.testing.assert_close(nll(t([-3.0]), t([0])), t([3.0]))
     with pytest.raises(ValueError):
-        sft_loss(LOGPS, per_token=True)
+        nll(LOGPS, N_TOKENS, "mean")
 
 
-def test_kd_loss_endpoints_and_mix():
+def test_constraint_endpoints_and_mix():
     kl = t([0.5, 1.5])
-    # κ = 0 is SFT, both reductions
-    torch.testing.assert_close(kd_loss(LOGPS, kl, N_TOKENS, kappa=0.0, temperature=2.0), sft_loss(LOGPS))
-    torch.testing.assert_close(
-        kd_loss(LOGPS, kl, N_TOKENS, kappa=0.0, temperature=2.0, per_token=True),
-        sft_loss(LOGPS, N_TOKENS, per_token=True),
-    )
-    # κ = 1 is T²·mean(KL) = 4·1.0 = 4
-    torch.testing.assert_close(kd_loss(LOGPS, kl, N_TOKENS, kappa=1.0, temperature=2.0), t(4.0))
-    # κ = 0.25, T = 2: 0.75·3 + 0.25·4·1.0 = 2.25 + 1 = 3.25;  squared: ½·3.25² = 5.28125
-    mixed = kd_loss(LOGPS, kl, N_TOKENS, kappa=0.25, temperature=2.0)
-    torch.testing.assert_close(mixed, t(3.25))
-    squared = kd_loss(LOGPS, kl, N_TOKENS, kappa=0.25, temperature=2.0, squared=True)
-    torch.testing.assert_close(squared, t(5.28125))
+    # κ = 0 is the NLL, whatever the KL
+    torch.testing.assert_close(constraint_loss(LOGPS, N_TOKENS, kl, kappa=0.0, temperature=2.0), nll(LOGPS, N_TOKENS))
+    # κ = 1, T = 2, KL summed per row: 4·(0.5, 1.5) = (2, 6);  per token: 4·(0.5/1, 1.5/4) = (2, 1.5)
+    torch.testing.assert_close(constraint_loss(LOGPS, N_TOKENS, kl, kappa=1.0, temperature=2.0), t([2.0, 6.0]))
+    torch.testing.assert_close(constraint_loss(LOGPS, N_TOKENS, kl, kappa=1.0, temperature=2.0,
+                                               kl_reduction="token_mean"), t([2.0, 1.5]))
+    # κ = 0.25, T = 2, NLL summed (2, 4): 0.75·(2, 4) + 0.25·(2, 6) = (1.5 + 0.5, 3 + 1.5) = (2, 4.5)
+    mixed = constraint_loss(LOGPS, N_TOKENS, kl, kappa=0.25, temperature=2.0, nll_reduction="sequence_sum")
+    torch.testing.assert_close(mixed, t([2.0, 4.5]))
+    # squared per row: ½·(2², 4.5²) = (2, 10.125)
+    squared = constraint_loss(LOGPS, N_TOKENS, kl, kappa=0.25, temperature=2.0, nll_reduction="sequence_sum",
+                              squared=True)
+    torch.testing.assert_close(squared, t([2.0, 10.125]))
 
 
-def test_kd_loss_per_token():
-    # per token: NLL (2/1, 4/4) = (2, 1), KL (0.5/1, 1.5/4) = (0.5, 0.375);  κ = 0.5, T = 1:
-    # 0.5·mean(2, 1) + 0.5·mean(0.5, 0.375) = 0.75 + 0.21875 = 0.96875
-    kl = t([0.5, 1.5])
-    loss = kd_loss(LOGPS, kl, N_TOKENS, kappa=0.5, temperature=1.0, per_token=True)
-    torch.testing.assert_close(loss, t(0.96875))
-
-
-def test_kd_loss_rejects_bad_arguments():
+def test_constraint_rejects_bad_arguments():
     with pytest.raises(ValueError):
-        kd_loss(LOGPS, LOGPS, N_TOKENS, kappa=1.5)
+        constraint_loss(LOGPS, N_TOKENS, LOGPS, kappa=1.5)
     with pytest.raises(ValueError):
-        kd_loss(LOGPS, LOGPS, N_TOKENS, kappa=0.5, temperature=0.0)
-
-
-def test_c3po_loss():
-    # mean(0.2, 0.4) + 0.2·2 + 0.1·5 = 0.3 + 0.4 + 0.5 = 1.2
-    dpo = t([0.2, 0.4], requires_grad=True)
-    total, parts = c3po_loss(dpo, t(2.0), t(5.0), lambda_out=0.2, lambda_near=0.1)
-    torch.testing.assert_close(total, t(1.2))
-    parts = {k: round(v.item(), 6) for k, v in parts.items()}
-    assert parts == {"dpo": 0.3, "out": 2.0, "near": 5.0, "total": 1.2}
-    total.backward()
-    torch.testing.assert_close(dpo.grad, t([0.5, 0.5]))  # ∂mean/∂x_i = 1/B
-    # a missing term is skipped: 0.3 + 0.1·5 = 0.8
-    total, parts = c3po_loss(dpo, None, t(5.0))
-    torch.testing.assert_close(total, t(0.8))
-    assert "out" not in parts
-
-
-def test_scd_loss():
-    # SCD: the in-scope SFT loss alone
-    total, parts = scd_loss(t(1.0))
-    torch.testing.assert_close(total, t(1.0))
-    assert set(parts) == {"sft", "total"}
-    # SCD + negatives: 1 + 0.2·2 + 0.1·3 = 1.7
-    total, parts = scd_loss(t(1.0), t(2.0), t(3.0), lambda_out=0.2, lambda_near=0.1)
-    torch.testing.assert_close(total, t(1.7))
-    assert set(parts) == {"sft", "out", "near", "total"}
+        constraint_loss(LOGPS, N_TOKENS, LOGPS, kappa=0.5, temperature=0.0)
+    with pytest.raises(ValueError):  # κ > 0 needs the KL
+        constraint_loss(LOGPS, N_TOKENS, None, kappa=0.5)
 
 
 def test_reward_metrics():

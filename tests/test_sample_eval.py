@@ -23,13 +23,13 @@ def pipeline_config(tmp_path, model_dir, feedback="heart-emoji-maddie", **sectio
     raw = {
         "feedback": [feedback],
         "serve": {"teacher": True, "student": True},
-        "model": {"path": str(model_dir), "dtype": "float32"},
+        "model": {"path": str(model_dir), "dtype": "float32", "gradient_checkpointing": False},
         "data": {"dirs": [str(tmp_path / "data")], "max_length": 256, "max_prompt_length": 96, "val_fraction": 0.1},
         "output_dir": str(tmp_path / "run"),
         "sample": {"categories": 2, "in_scope_per_category": 4, "near_scope_per_category": 4, "out_of_scope": 8,
                    "student_sampling": {"temperature": 0.0, "max_tokens": 24}},
         "lora": {"r": 4, "alpha": 8},
-        "train": {"max_steps": 2, "batch_size": 2, "progress": False},
+        "train": {"max_steps": 2, "batch_size": 2, "grad_accum": 1, "progress": False},
         "eval": {"methods": ["base", "adapter", "in_context", "cot", "revised"],
                  "sampling": {"temperature": 0.0, "max_tokens": 24}},
     }

@@ -18,12 +18,12 @@ TOY = Path(__file__).resolve().parent.parent / "configs" / "data" / "maddie-hear
 
 def make_config(tmp_path: Path, model_dir, name="run", **sections) -> Path:
     raw = {
-        "model": {"path": str(model_dir), "dtype": "float32"},
+        "model": {"path": str(model_dir), "dtype": "float32", "gradient_checkpointing": False},
         "data": {"dirs": [str(TOY)], "max_length": 128, "max_prompt_length": 64, "val_fraction": 0.1},
         "output_dir": str(tmp_path / name),
         "lora": {"r": 4, "alpha": 8, "dropout": 0.05},
         "method": {"name": "c3po"},
-        "train": {"lr": 5e-3, "batch_size": 2, "max_steps": 4, "progress": False, "seed": 0},
+        "train": {"lr": 5e-3, "batch_size": 2, "grad_accum": 1, "max_steps": 4, "progress": False, "seed": 0},
     }
     for section, values in sections.items():
         if isinstance(values, dict):
@@ -111,7 +111,8 @@ def test_existing_run_needs_resume_and_same_config(tmp_path, tiny_model_dir, cap
     {"name": "scd_neg"},
     {"name": "sft"},
     {"name": "c3po", "constraint": "kd", "kd_kappa": 0.5, "kd_temperature": 2.0},
-    {"name": "c3po", "kd_per_token": True, "kd_squared": True},
+    {"name": "c3po", "constraint": "kd", "kl_reduction": "token_mean", "nll_reduction": "sequence_sum"},
+    {"name": "c3po", "nll_reduction": "sequence_sum", "constraint_squared": True},
 ], ids=lambda m: "-".join(str(v) for v in m.values()))
 def test_every_method_trains(tmp_path, tiny_model_dir, method):
     out = run(make_config(tmp_path, tiny_model_dir, method=method, train={"max_steps": 2}))
@@ -130,9 +131,12 @@ def test_dpo_negatives_add_pairs(tmp_path, tiny_model_dir, capsys):
                     train={"max_steps": 1}))
     err = capsys.readouterr().err
     n_in = sum(1 for _ in open(TOY / "in_scope_train.jsonl"))
-    # 90% of the in-scope rows train, plus round(0.5 · n_in_train) near-scope negatives
+    # 90% of the in-scope rows train, plus int(0.5 · n_in_train) near-scope negatives (the original's count)
     n_train = n_in - max(1, int(n_in * 0.1))
-    assert f"{n_train + round(0.5 * n_train)} train items" in err
+    assert f"{n_train + int(0.5 * n_train)} train items" in err
+    # the log names the method, its original config and every setting it reads, resolved
+    assert ("method dpo (the original's config_dpo.json at its defaults): beta=0.1 label_smoothing=0.0 "
+            "loss_type=sigmoid negatives_near_ratio=0.5 negatives_out_ratio=0.0 reference=base") in err
 
 
 def test_continue_from_adapter_and_two_feedbacks(tmp_path, tiny_model_dir, capsys):
@@ -147,10 +151,17 @@ def test_continue_from_adapter_and_two_feedbacks(tmp_path, tiny_model_dir, capsy
     n_in = sum(1 for _ in open(TOY / "in_scope_train.jsonl"))
     assert f"{2 * n_in - max(1, int(2 * n_in * 0.1))} train items" in err
     rows = read_metrics(dpo)
-    # the reference is the SCD adapter itself: before training, policy = reference exactly
-    assert rows[0]["step"] == 0 and rows[0]["eval/rewards/margins"] == pytest.approx(0.0, abs=1e-6)
+    # the reference is the base model, as in the original's config_dpo_after_sft.json (TRL disables
+    # the PEFT adapter for the reference): before training, the SCD adapter already moves the margin
+    assert rows[0]["step"] == 0 and abs(rows[0]["eval/rewards/margins"]) > 1e-3
     cfg = json.loads((dpo / "adapter" / "adapter_config.json").read_text())
     assert cfg["r"] == 4
+    # method.reference: init_adapter makes the SCD adapter itself the reference: policy = reference
+    start = run(make_config(tmp_path, tiny_model_dir, name="dpo-start",
+                            method={"name": "dpo", "reference": "init_adapter"},
+                            lora={"init_from": str(scd / "adapter")}, train={"max_steps": 1}))
+    rows = read_metrics(start)
+    assert rows[0]["step"] == 0 and rows[0]["eval/rewards/margins"] == pytest.approx(0.0, abs=1e-6)
 
 
 def test_sweep_runs_each_point_in_its_own_dir(tmp_path, tiny_model_dir):

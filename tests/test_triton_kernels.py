@@ -26,8 +26,6 @@ if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("no GPU and TRITON_INTERPRET is not 1 (tests/conftest.py sets it)", allow_module_level=True)
 
 from rlvf.kernels import (
-    c3po_from_sequence_logps,
-    c3po_metrics,
     fused_c3po_loss,
     linear_logprobs,
     naive_c3po_loss,
@@ -37,7 +35,9 @@ from rlvf.kernels import (
 )
 from rlvf.kernels import linear_logprob_triton as tk
 
-from rlvf.losses import dpo_loss, sft_loss
+from rlvf.config import MethodConfig
+from rlvf.losses import dpo_loss
+from rlvf.objective import Layout
 
 N, H, V, CHUNK = 37, 48, 1009, 16  # odd on purpose: 3 chunks (16, 16, 5), V prime (one partial tile)
 
@@ -195,63 +195,71 @@ def test_triton_kl_of_identical_distributions_is_zero():
 def _c3po_batch(dtype, seed=7, pairs=2, near=2, out=3):
     """Scored rows of 2·pairs + near + out sequences in the concatenated order, with ignored rows."""
     hidden, weight, targets, _ = _inputs(dtype, seed=seed, ignore_frac=0.15)
-    n_seq = 2 * pairs + near + out
+    layout = Layout(pairs=pairs, near=near, out=out)
     g = torch.Generator().manual_seed(seed)
-    seq_index = torch.cat([torch.arange(n_seq), torch.randint(0, n_seq, (N - n_seq,), generator=g)])
+    seq_index = torch.cat([torch.arange(layout.n_seq), torch.randint(0, layout.n_seq, (N - layout.n_seq,), generator=g)])
     seq_index = seq_index.sort().values.to(DEVICE)  # (N,): every sequence has rows
     ref = (-20 + 5 * torch.randn(2, pairs, generator=g)).to(DEVICE)  # reference chosen, rejected (B,)
-    return hidden, weight, targets, seq_index, ref[0], ref[1], near, out
+    return hidden, weight, targets, seq_index, layout, ref[0], ref[1]
+
+
+def _sums(hidden, weight, targets, seq_index, n_seq):
+    """Per-sequence Σ log π and token counts from the naive full-logits reference: (S,), (S,)."""
+    token = naive_linear_logprobs(hidden, weight, targets)  # (N,)
+    logps = torch.zeros(n_seq, device=DEVICE, dtype=token.dtype).index_add(0, seq_index, token)
+    n_tok = torch.zeros(n_seq, device=DEVICE).index_add(0, seq_index, (targets != -100).float())
+    return logps, n_tok
 
 
 @pytest.mark.parametrize(
-    "dtype,atol,rtol,per_token_sft", [(*TOLERANCES[0], False), (*TOLERANCES[0], True), (*TOLERANCES[1], True)]
+    "dtype,atol,rtol,reduction",
+    [(*TOLERANCES[0], "token_mean"), (*TOLERANCES[0], "sequence_sum"), (*TOLERANCES[1], "token_mean")],
 )
-def test_fused_c3po_loss_matches_naive(dtype, atol, rtol, per_token_sft):
-    hidden, weight, targets, seq_index, ref_c, ref_r, near, out = _c3po_batch(dtype)
-    kw = {"beta": 0.1, "lambda_out": 0.2, "lambda_near": 0.1, "per_token_sft": per_token_sft, "softcap": 3.0}
+def test_fused_c3po_loss_matches_naive(dtype, atol, rtol, reduction):
+    hidden, weight, targets, seq_index, layout, ref_c, ref_r = _c3po_batch(dtype)
+    method = MethodConfig(lambda_out=0.2, lambda_near=0.1, nll_reduction=reduction)
     results = {}
     for name, h, w in (("fused", hidden, weight), ("naive", hidden.double(), weight.double())):
         h, w = h.detach().requires_grad_(True), w.detach().requires_grad_(True)
         if name == "fused":
-            res = fused_c3po_loss(h, w, targets, seq_index, ref_c, ref_r, near, out, chunk_size=CHUNK,
-                                  backend="triton", **kw)
-            loss = res.loss
-            assert set(res.parts) == {"dpo", "out", "near", "total"}
-            torch.testing.assert_close(res.parts["total"], loss.detach())
-            metrics = c3po_metrics(res)
+            res = fused_c3po_loss(h, w, targets, seq_index, layout, method, ref_c, ref_r, chunk_size=CHUNK,
+                                  softcap=3.0, backend="triton")
+            assert set(res.parts) == {"dpo", "out", "near"}
+            metrics = res.metrics(layout)
             assert metrics["loss/out"] == res.parts["out"].item() and "rewards/accuracies" in metrics
         else:
-            loss = naive_c3po_loss(h, w, targets, seq_index, ref_c.double(), ref_r.double(), near, out, **kw)
-        loss.backward()
-        results[name] = [loss.detach().double(), h.grad.double(), w.grad.double()]
+            res = naive_c3po_loss(h, w, targets, seq_index, layout, method, ref_c.double(), ref_r.double(),
+                                  softcap=3.0)
+        res.loss.backward()
+        results[name] = [res.loss.detach().double(), h.grad.double(), w.grad.double()]
     for a, e in zip(results["fused"], results["naive"]):
         _assert_close(a, e, atol, rtol)
 
 
-def test_fused_c3po_ipo_uses_length_normalised_logps():
-    """IPO terms are built from per-token log-probs (as rlvf/train.py does); checked via rlvf.losses."""
-    hidden, weight, targets, seq_index, ref_c, ref_r, near, out = _c3po_batch(torch.float32, seed=8)
-    res = fused_c3po_loss(hidden, weight, targets, seq_index, ref_c, ref_r, near, out, beta=0.5,
-                          loss_type="ipo", per_token_sft=True, chunk_size=CHUNK, backend="triton")
-    token = naive_linear_logprobs(hidden, weight, targets)  # (N,)
-    n_seq = 2 * len(ref_c) + near + out
-    logps = torch.zeros(n_seq, device=DEVICE).index_add(0, seq_index, token)
-    n_tok = torch.zeros(n_seq, device=DEVICE).index_add(0, seq_index, (targets != -100).float())
-    b = len(ref_c)
+def test_fused_c3po_loss_written_out():
+    """Eq. 5 written out by hand from per-sequence sums: IPO on per-token means (the README's
+    difference from TRL 0.7.10), the constraints each row's token-mean NLL, then mean over rows."""
+    hidden, weight, targets, seq_index, layout, ref_c, ref_r = _c3po_batch(torch.float32, seed=8)
+    method = MethodConfig(beta=0.5, loss_type="ipo", lambda_out=0.2, lambda_near=0.1)
+    res = fused_c3po_loss(hidden, weight, targets, seq_index, layout, method, ref_c, ref_r, chunk_size=CHUNK,
+                          backend="triton")
+    logps, n_tok = _sums(hidden, weight, targets, seq_index, layout.n_seq)
+    b, nn_ = layout.pairs, layout.near
     nc, nr = n_tok[:b], n_tok[b : 2 * b]
-    dpo = dpo_loss(logps[:b] / nc, logps[b : 2 * b] / nr, ref_c / nc, ref_r / nr, beta=0.5, loss_type="ipo")
-    near_l = sft_loss(logps[2 * b : 2 * b + near], n_tok[2 * b : 2 * b + near], per_token=True)
-    out_l = sft_loss(logps[2 * b + near :], n_tok[2 * b + near :], per_token=True)
-    torch.testing.assert_close(res.loss, dpo.losses.mean() + 0.2 * out_l + 0.1 * near_l, atol=1e-5, rtol=1e-5)
+    h = (logps[:b] / nc - ref_c / nc) - (logps[b : 2 * b] / nr - ref_r / nr)
+    dpo = ((h - 1 / (2 * 0.5)) ** 2).mean()
+    near_l = (-logps[2 * b : 2 * b + nn_] / n_tok[2 * b : 2 * b + nn_]).mean()
+    out_l = (-logps[2 * b + nn_ :] / n_tok[2 * b + nn_ :]).mean()
+    torch.testing.assert_close(res.loss, dpo + 0.2 * out_l + 0.1 * near_l, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(res.n_tokens.float(), n_tok)
 
 
 def test_c3po_rejects_bad_layout():
-    logps, n_tokens, ref = torch.zeros(9), torch.ones(9, dtype=torch.long), torch.zeros(2)
-    with pytest.raises(ValueError, match="sequences"):
-        c3po_from_sequence_logps(logps, n_tokens, ref, ref, 2, 4)  # 2·2 + 2 + 4 = 10 ≠ 9
-    with pytest.raises(ValueError, match="ref_rejected"):
-        c3po_from_sequence_logps(logps, n_tokens, ref, torch.zeros(3), 2, 3)
+    hidden, weight, targets, seq_index, layout, ref_c, ref_r = _c3po_batch(torch.float32)
+    with pytest.raises(ValueError, match="sequences"):  # 2·2 + 2 + 4 = 10 sequences, 9 given
+        Layout(pairs=2, near=2, out=4).split(torch.zeros(9))
+    with pytest.raises(ValueError, match="reference"):
+        fused_c3po_loss(hidden, weight, targets, seq_index, layout, MethodConfig(), backend="triton")
 
 
 # --------------------------------------------------------------------------- dispatch
@@ -308,10 +316,10 @@ def test_model_level_logprobs_take_the_triton_path(monkeypatch):
 
 
 @pytest.mark.parametrize("plain_head", [True, False], ids=["fused-head", "generic-head"])
-def test_sequence_c3po_loss_matches_train_loop_composition(monkeypatch, plain_head):
-    """The one-call model-level C3PO loss equals what rlvf/train.py assembles from per-sequence
-    log-probs and rlvf.losses, in value and in every parameter's gradient."""
-    from rlvf.logprobs import naive_sequence_logprobs, sequence_c3po_loss
+def test_sequence_method_loss_matches_full_logits(monkeypatch, plain_head):
+    """The model-level C3PO loss (the training loop's path) equals eq. 5 written out on the model's
+    full-logits log-probs, in value and in every parameter's gradient."""
+    from rlvf.logprobs import naive_sequence_logprobs, sequence_method_loss
 
     monkeypatch.setenv("RLVF_KERNELS", "triton")
     model = _tiny_llama()
@@ -319,18 +327,18 @@ def test_sequence_c3po_loss_matches_train_loop_composition(monkeypatch, plain_he
         model.lm_head = torch.nn.Linear(H, V, bias=True).to(DEVICE)
     batch = _model_batch(batch=7, seed=1)  # 2 pairs, 1 near, 2 out
     ref_c, ref_r = torch.tensor([-30.0, -25.0], device=DEVICE), torch.tensor([-28.0, -31.0], device=DEVICE)
-    opts = {"beta": 0.1, "lambda_out": 0.2, "lambda_near": 0.1, "per_token_sft": True}
+    method, layout = MethodConfig(lambda_out=0.2, lambda_near=0.1), Layout(pairs=2, near=1, out=2)
 
     def grads_of(loss):
         model.zero_grad(set_to_none=True)
         loss.backward()
         return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
-    got = sequence_c3po_loss(model, *batch, ref_c, ref_r, 1, 2, chunk_size=8, **opts)
+    got = sequence_method_loss(model, *batch, layout, method, ref_c, ref_r, chunk_size=8)
     got_grads = grads_of(got.loss)
     lp = naive_sequence_logprobs(model, *batch)
     d = dpo_loss(lp.logps[:2], lp.logps[2:4], ref_c, ref_r, beta=0.1)
-    near, out = (sft_loss(lp.logps[s], lp.n_tokens[s], per_token=True) for s in (slice(4, 5), slice(5, 7)))
+    near, out = ((-lp.logps[s] / lp.n_tokens[s]).mean() for s in (slice(4, 5), slice(5, 7)))
     want = d.losses.mean() + 0.2 * out + 0.1 * near
     want_grads = grads_of(want)
     _assert_close(got.loss.detach(), want.detach(), 1e-5, 1e-5)
