@@ -65,6 +65,7 @@ from urllib.parse import urlparse
 import httpx
 from tqdm import tqdm
 
+from rlvf.atomic import publish_file
 from rlvf.config import REQUIRED
 from rlvf.errors import UserError
 
@@ -148,10 +149,27 @@ class EndpointConfig:
         if self.api_key_env is None:
             return None
         key = os.environ.get(self.api_key_env, "").strip()
+        if key:
+            check_key(key, self.api_key_env)
         if key or is_loopback(self.base_url):
             return key or None
         raise UserError(f"environment variable {self.api_key_env} is not set: export the API key for "
                         f"{self.base_url} in it (endpoint.api_key_env names the variable; null sends no key)")
+
+
+def check_key(key: str, variable: str) -> None:
+    """UserError naming ``variable`` (never the key) if ``key`` cannot be sent in an HTTP header.
+
+    API keys are printable ASCII without spaces; a line break (a key pasted with its newline, or
+    two keys) or a non-ASCII character (a curly quote, a non-breaking space) would make httpx fail
+    mid-request with a traceback that shows the key.
+    """
+    problems = (("a line break", lambda c: c in "\r\n"), ("a non-ASCII character", lambda c: not c.isascii()),
+                ("a space or control character", lambda c: not c.isprintable() or c.isspace()))
+    for what, bad in problems:
+        if any(bad(c) for c in key):
+            raise UserError(f"environment variable {variable}: the API key in it contains {what}, which no API key "
+                            f"has; set {variable} to the key alone (one line, no spaces, no quotes)")
 
 
 @dataclass
@@ -430,9 +448,7 @@ class ResponseCache:
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key[:12]}-", suffix=".tmp")
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump(entry, f, ensure_ascii=False)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            publish_file(tmp, path)  # the umask's mode, not mkstemp's 0600
         except OSError as err:
             raise UserError(f"{self.root}: cannot write the response cache ({err})") from None
 

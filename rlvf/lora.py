@@ -39,9 +39,12 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from rlvf.adapter_config import CONFIG_NAME, left_out_by, module_rank_alpha, random_init_without_weights
+from rlvf.adapter_config import matches as _matches
+from rlvf.adapter_config import read_config as _read_config
+from rlvf.atomic import honour_umask_tree
 from rlvf.errors import UserError
 
-CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."  # PEFT's prefix on every saved key; without it PEFT loads nothing
 # <module path>.lora_A.weight; PEFT's in-memory adapter name (...lora_A.default.weight) is tolerated
@@ -233,16 +236,6 @@ class _LoRABranch(torch.autograd.Function):
 
 # ----------------------------------------------------------------------------------------------
 # Putting adapters into a model
-
-
-def _matches(path: str, spec: TargetSpec) -> bool:
-    """PEFT's target/exclude semantics: a string is a regex on the full path (re.fullmatch); a
-    list matches a path equal to an entry or ending in "." + entry."""
-    if not spec:
-        return False
-    if isinstance(spec, str):
-        return re.fullmatch(spec, path) is not None
-    return any(path == key or path.endswith("." + key) for key in spec)
 
 
 def _output_embedding(model: nn.Module) -> nn.Module | None:
@@ -476,7 +469,7 @@ def save_adapter(
         dropout=first.dropout.p if isinstance(first.dropout, nn.Dropout) else 0.0,
         target_modules=_target_modules_field(model, paths),
         use_rslora=first.use_rslora,
-        base_model=base_model_name_or_path or getattr(model, "name_or_path", None) or None,
+        base_model=base_model_field(base_model_name_or_path or getattr(model, "name_or_path", None)),
         rank_pattern={p: modules[p].r for p in paths if modules[p].r != r},
         alpha_pattern={p: modules[p].alpha for p in paths if modules[p].alpha != alpha},
     )
@@ -487,19 +480,34 @@ def save_adapter(
     return _write_adapter(out_dir, config, tensors)
 
 
-def _write_adapter(out_dir: str | Path, config: dict, tensors: dict[str, torch.Tensor]) -> Path:
+def base_model_field(name: str | None) -> str | None:
+    """base_model_name_or_path as saved: an existing local directory as an absolute path (so that
+    PEFT's AutoPeftModel finds it from any working directory), anything else (a hub id) as given."""
+    if not name:
+        return None
+    path = Path(name).expanduser()
+    return os.path.abspath(path) if path.is_dir() else name
+
+
+def _write_adapter(out_dir: str | Path, config: dict, tensors: dict[str, torch.Tensor],
+                   keep: Callable[[str], bool] | None = None) -> Path:
     def write(tmp: Path) -> None:
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         save_file(tensors, tmp / WEIGHTS_NAME, metadata={"format": "pt"})
 
-    return _write_dir_atomically(out_dir, write)
+    return _write_dir_atomically(out_dir, write, keep)
 
 
-def _write_dir_atomically(out_dir: str | Path, write: Callable[[Path], None]) -> Path:
-    """Run ``write(tmp)`` on a fresh temp dir beside ``out_dir``, then rename it to ``out_dir``.
+def _write_dir_atomically(out_dir: str | Path, write: Callable[[Path], None],
+                          keep: Callable[[str], bool] | None = None) -> Path:
+    """Run ``write(tmp)`` on a fresh temp dir beside ``out_dir``, then swap it in for ``out_dir``.
 
-    An existing ``out_dir`` is replaced only after the new folder is complete, so a crash leaves
-    either the old folder or the new one, never half of one.
+    What ``write`` made gets the modes the umask gives (0644/0755 with umask 022, not mkstemp's
+    0600), so a server running as another user can read it. An existing ``out_dir`` is replaced
+    only after the new folder is complete, so a crash leaves either the old folder or the new one,
+    never half of one. Without ``keep`` the old folder is replaced whole; with it, every entry of
+    the old folder that ``write`` did not produce and ``keep(name)`` accepts is carried over
+    (hard-linked, or copied where links are impossible) before the swap, so it is never lost.
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -507,84 +515,49 @@ def _write_dir_atomically(out_dir: str | Path, write: Callable[[Path], None]) ->
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; a served adapter must be readable by others
         write(tmp)
-        if not out.exists():
-            tmp.rename(out)
-            return out
-        old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
-        out.rename(old)
-        try:
-            tmp.rename(out)
-        except BaseException:
-            old.rename(out)  # put the previous folder back
-            raise
-        shutil.rmtree(old)
+        honour_umask_tree(tmp)  # before the carried-over files join: their modes stay theirs
+        if keep is not None and out.is_dir():
+            _carry_over(out, tmp, keep)
+        _swap_in(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
 
 
-def _read_config(adapter_dir: Path) -> dict:
-    """adapter_config.json, checked for what this LoRA can reproduce."""
-    path = adapter_dir / CONFIG_NAME
-    if not path.is_file():
-        raise UserError(
-            f"{path}: not found; a PEFT LoRA adapter folder holds {CONFIG_NAME} and {WEIGHTS_NAME}"
-        )
+def _link_or_copy(src: str, dst: str) -> None:
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(config, dict):
-        raise UserError(f"{path}: expected a JSON object")
-    problems = {
-        "peft_type": config.get("peft_type") != "LORA",
-        "bias": config.get("bias", "none") != "none",
-        "use_dora": bool(config.get("use_dora")),
-        "lora_bias": bool(config.get("lora_bias")),
-        "fan_in_fan_out": bool(config.get("fan_in_fan_out")),
-        "modules_to_save": bool(config.get("modules_to_save")),
-    }
-    for key, bad in problems.items():
-        if bad:
-            raise UserError(
-                f"{path}: {key} = {config.get(key)!r} is not supported (rlvf loads plain LoRA: "
-                f'peft_type "LORA", bias "none", no DoRA, no modules_to_save)'
-            )
-    for key in ("r", "lora_alpha"):
-        value = config.get(key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
-            raise UserError(f"{path}: {key} must be a positive number, got {value!r}")
-    if isinstance(config["r"], float) and not config["r"].is_integer():
-        raise UserError(f"{path}: r must be a whole number, got {config['r']!r}")
-    _check_patterns(config, path)
-    targets = config.get("target_modules")
-    if not (targets is None or isinstance(targets, str)
-            or (isinstance(targets, list) and all(isinstance(t, str) and t for t in targets))):
-        raise UserError(f"{path}: target_modules must be a list of module names or a regex string, got {targets!r}")
-    if isinstance(targets, str) and targets != "all-linear":
-        try:
-            re.compile(targets)
-        except re.error as err:
-            raise UserError(f"{path}: target_modules {targets!r} is not a valid regex ({err})") from None
-    return config
+        os.link(src, dst, follow_symlinks=False)
+    except OSError:
+        shutil.copy2(src, dst, follow_symlinks=False)
 
 
-def _check_patterns(config: dict, path: Path) -> None:
-    """rank_pattern / alpha_pattern: {regex: positive number}."""
-    for key in ("rank_pattern", "alpha_pattern"):
-        patterns = config.get(key) or {}
-        if not isinstance(patterns, dict):
-            raise UserError(f"{path}: {key} must be a mapping of module regex to number, got {patterns!r}")
-        for pattern, value in patterns.items():
-            try:
-                re.compile(pattern)
-            except re.error as err:
-                raise UserError(f"{path}: {key} key {pattern!r} is not a valid regex ({err})") from None
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
-                raise UserError(f"{path}: {key}[{pattern!r}] must be a positive number, got {value!r}")
+def _carry_over(old: Path, new: Path, keep: Callable[[str], bool]) -> None:
+    """Hard-link (or copy) into ``new`` each entry of ``old`` that ``new`` lacks and ``keep`` accepts."""
+    for entry in sorted(old.iterdir()):
+        target = new / entry.name
+        if target.exists() or target.is_symlink() or not keep(entry.name):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.copytree(entry, target, symlinks=True, copy_function=_link_or_copy)
+        else:
+            _link_or_copy(str(entry), str(target))
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    """Rename the finished ``tmp`` to ``out``; an existing ``out`` goes only once ``tmp`` is in place."""
+    if not out.exists():
+        tmp.rename(out)
+        return
+    old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+    out.rename(old)
+    try:
+        tmp.rename(out)
+    except BaseException:
+        old.rename(out)  # put the previous folder back
+        raise
+    shutil.rmtree(old)
 
 
 def _read_weights(adapter_dir: Path) -> dict[str, dict[str, torch.Tensor]]:
@@ -629,22 +602,6 @@ def _read_weights(adapter_dir: Path) -> dict[str, dict[str, torch.Tensor]]:
     return weights
 
 
-def _pattern_value(patterns: dict, path: str, default):
-    """PEFT's rank_pattern/alpha_pattern lookup: the first key (a regex) matching a dotted suffix
-    of ``path`` wins (peft.utils.other.get_pattern_key)."""
-    for key, value in (patterns or {}).items():
-        if re.fullmatch(rf"(?:.*\.)?(?:{key})", path):
-            return value
-    return default
-
-
-def _module_rank_alpha(config: dict, module: str) -> tuple[int, float]:
-    """(r, alpha) that adapter_config.json gives ``module``."""
-    r = _pattern_value(config.get("rank_pattern"), module, config["r"])
-    alpha = _pattern_value(config.get("alpha_pattern"), module, config["lora_alpha"])
-    return r, alpha
-
-
 def _scaling(alpha: float, r: int, use_rslora: bool) -> float:
     return alpha / math.sqrt(r) if use_rslora else alpha / r
 
@@ -659,7 +616,7 @@ def _check_shapes(file: Path, module: str, pair: dict, config: dict, in_f: int, 
                 f"{file}: {PEFT_PREFIX}{module}.{part}.weight has shape {tuple(got)}, expected "
                 f"{expected} for nn.Linear({in_f}, {out_f}) — adapter for a different base model?"
             )
-    config_r, _ = _module_rank_alpha(config, module)
+    config_r, _ = module_rank_alpha(config, module)
     if r != config_r:
         raise UserError(f"{file}: {module} has rank {r} but {CONFIG_NAME} gives it r = {config_r}")
     return r
@@ -682,12 +639,16 @@ def _linear_for_key(model: nn.Module, path: str, file: Path) -> nn.Linear:
 
 
 def _check_targets(model: nn.Module, config: dict, modules: list[str], adapter_dir: Path) -> None:
-    """adapter_config.json's target_modules must name layers of ``model`` and cover every module
-    with weights: PEFT and vLLM wrap the target_modules and silently ignore other weights."""
-    targets = config.get("target_modules")
-    if targets is None:
-        return
+    """The modules with weights must be exactly those of PEFT's selection that it would load.
+
+    A target_modules entry must name a linear layer of ``model``; a module with weights must be
+    one that PEFT wraps (``adapter_config.left_out_by``: target_modules, exclude_modules,
+    layers_to_transform, layers_pattern), since PEFT ignores other weights while vLLM applies
+    them. A wrapped module without weights is a zero update, unless init_lora_weights makes PEFT
+    draw a random one, which is refused.
+    """
     linear = [p for p, m in model.named_modules() if isinstance(m, nn.Linear)]
+    targets = config["target_modules"]
     if isinstance(targets, list):
         for name in targets:
             if not any(_matches(p, [name]) for p in linear):
@@ -695,13 +656,21 @@ def _check_targets(model: nn.Module, config: dict, modules: list[str], adapter_d
                     f"{adapter_dir / CONFIG_NAME}: target_modules entry {name!r} matches no linear layer of "
                     f"{type(model).__name__} — adapter for a different base model?"
                 )
-    if targets == "all-linear":
-        return
+    all_linear = set(select_linear_modules(model, "all-linear", ()))
     for module in modules:
-        if not _matches(module, targets):
+        why = left_out_by(config, module, all_linear)
+        if why is not None:
             raise UserError(
-                f"{adapter_dir / WEIGHTS_NAME}: {module} has LoRA weights but is not in {CONFIG_NAME} "
-                f"target_modules {targets!r}; PEFT and vLLM would ignore them (fix target_modules)"
+                f"{adapter_dir / WEIGHTS_NAME}: {module} has LoRA weights but {why}; PEFT would ignore these "
+                f"weights and vLLM apply them (fix {CONFIG_NAME} or drop the weights)"
+            )
+    if random_init_without_weights(config):
+        missing = [p for p in linear if p not in modules and left_out_by(config, p, all_linear) is None]
+        if missing:
+            raise UserError(
+                f"{adapter_dir / CONFIG_NAME}: selects {missing[0]}, which has no weights in {WEIGHTS_NAME}, and "
+                f"init_lora_weights = {config['init_lora_weights']!r} makes PEFT give it a random update "
+                "(save the adapter with all its weights, or narrow target_modules)"
             )
 
 
@@ -710,9 +679,13 @@ def load_adapter(
 ) -> list[str]:
     """Load a PEFT LoRA folder (saved here or by peft) into a plain HF model; return wrapped paths.
 
-    Everything is checked before the model is touched. Rank comes from the tensor shapes, alpha
-    from alpha_pattern or lora_alpha, dropout from the config unless given. Base parameters are
-    frozen; the LoRA weights train only if ``trainable`` (to continue training an adapter).
+    Everything is checked before the model is touched. The modules are those PEFT wraps for this
+    adapter_config.json (target_modules, exclude_modules, layers_to_transform, layers_pattern; see
+    rlvf.adapter_config) that have weights; weights outside that selection, and config values
+    this plain LoRA cannot reproduce, are refused in one line. Rank comes from the tensor shapes
+    (checked against rank_pattern or r), alpha from alpha_pattern or lora_alpha, the scaling from
+    use_rslora, dropout from the config unless given. Base parameters are frozen; the LoRA weights
+    train only if ``trainable`` (to continue training an adapter).
     """
     adapter_dir = Path(adapter_dir)
     _refuse_second_adapter(model, f"load_adapter({adapter_dir})")
@@ -756,7 +729,7 @@ def read_adapter(model: nn.Module, adapter_dir: str | Path) -> tuple[dict, list[
     for path, base in bases.items():
         r = _check_shapes(file, path, weights[path], config, base.in_features, base.out_features)
         plan.append(AdapterModule(path, base, weights[path]["lora_A"], weights[path]["lora_B"], r,
-                                  _module_rank_alpha(config, path)[1], rslora))
+                                  module_rank_alpha(config, path)[1], rslora))
     return config, plan
 
 
@@ -764,7 +737,8 @@ def read_adapter(model: nn.Module, adapter_dir: str | Path) -> tuple[dict, list[
 # Mixing and exporting
 
 
-def mix_adapters(adapters: list[tuple[str | Path, float]], out_dir: str | Path) -> Path:
+def mix_adapters(adapters: list[tuple[str | Path, float]], out_dir: str | Path, *,
+                 keep_other_files: bool = True) -> Path:
     """Weighted sum of LoRA adapters as one exact adapter, by concatenation; no model is loaded.
 
     For every module in any adapter, with sᵢ adapter i's own scaling (α/r or α/√r):
@@ -778,14 +752,19 @@ def mix_adapters(adapters: list[tuple[str | Path, float]], out_dir: str | Path) 
     it). r' must fit vLLM's --max-lora-rank. This is PEFT's ``add_weighted_adapter(..., "cat")``
     except that PEFT copies use_rslora from the first adapter, so its rsLoRA mixes get scaling
     √r' instead of 1 — wrong.
+
+    An existing ``out_dir`` gets the two adapter files replaced and keeps its other files
+    (``keep_other_files``; False replaces the folder whole).
     """
     if not adapters:
         raise UserError("mix_adapters: no adapters given")
     loaded = []  # (dir, weight, config, {module: {"lora_A", "lora_B"}})
     for adapter_dir, weight in adapters:
         d = Path(adapter_dir)
-        loaded.append((d, float(weight), _read_config(d), _read_weights(d)))
-    bases = {str(d): c.get("base_model_name_or_path") for d, _, c, _ in loaded}
+        config, weights = _read_config(d), _read_weights(d)
+        _check_own_selection(d, config, weights)
+        loaded.append((d, float(weight), config, weights))
+    bases = {str(d): base_model_field(c.get("base_model_name_or_path")) for d, _, c, _ in loaded}
     if len(set(bases.values())) > 1:
         raise UserError(f"mix_adapters: adapters are for different base models: {bases}")
     shapes = _module_shapes(loaded)  # module -> (out, in)
@@ -805,7 +784,16 @@ def mix_adapters(adapters: list[tuple[str | Path, float]], out_dir: str | Path) 
         base_model=next(iter(bases.values())),
         task_type=loaded[0][2].get("task_type") or "CAUSAL_LM",
     )
-    return _write_adapter(out_dir, config, tensors)
+    return _write_adapter(out_dir, config, tensors, (lambda name: True) if keep_other_files else None)
+
+
+def _check_own_selection(adapter_dir: Path, config: dict, weights: dict) -> None:
+    """Without a model at hand: every module with weights must be one its config selects."""
+    for module in sorted(weights):
+        why = left_out_by(config, module, None)
+        if why is not None:
+            raise UserError(f"{adapter_dir / WEIGHTS_NAME}: {module} has LoRA weights but {why}; PEFT would "
+                            f"ignore these weights and vLLM apply them (fix {CONFIG_NAME} or drop the weights)")
 
 
 def _mix_module(
@@ -819,7 +807,7 @@ def _mix_module(
         B = torch.zeros(out_f, r_i)  # (out, r_i)
         if module in weights:
             r = weights[module]["lora_A"].shape[0]  # <= r_i
-            s = _scaling(_module_rank_alpha(config, module)[1], r, bool(config.get("use_rslora")))
+            s = _scaling(module_rank_alpha(config, module)[1], r, bool(config.get("use_rslora")))
             A[:r] = weight * s * weights[module]["lora_A"].float()
             B[:, :r] = weights[module]["lora_B"].float()
         blocks_A.append(A)
@@ -842,18 +830,29 @@ def _module_shapes(loaded: list) -> dict[str, tuple[int, int]]:
 
 
 def _union_target_modules(configs: list[dict], shapes: dict) -> list[str]:
-    """Union of the configs' target_modules lists; full module paths if any is a regex string."""
-    if all(isinstance(c.get("target_modules"), list) for c in configs):
+    """Union of the configs' target_modules lists when each is a plain list of names (its own
+    selection is then every module so named); full module paths otherwise (a regex string,
+    exclude_modules or layers_to_transform narrowed some input's selection)."""
+    plain = all(isinstance(c.get("target_modules"), list) and not c.get("exclude_modules")
+                and c.get("layers_to_transform") in (None, []) for c in configs)
+    if plain:
         return sorted({name for c in configs for name in c["target_modules"]})
     return sorted(shapes)
 
 
-def export_merged(model: nn.Module, tokenizer, out_dir: str | Path) -> Path:
+# Hugging Face weight files (single, sharded, their index): a stale one left beside a new export
+# could be loaded instead of it, so --overwrite drops them with the files it writes.
+_HF_WEIGHT_FILE = re.compile(r"(?:model|pytorch_model)(?:-\d+-of-\d+)?\.(?:safetensors|bin)(?:\.index\.json)?")
+
+
+def export_merged(model: nn.Module, tokenizer, out_dir: str | Path, *, keep_other_files: bool = True) -> Path:
     """Save base + adapters as a plain HF model folder (safetensors + tokenizer); return it.
 
     The merged weights W + s·B·A are computed out of place (fp32, cast to W's dtype, on the CPU),
     so the in-memory model is left bit for bit as it was — an in-place merge/unmerge round trip
-    in bf16 would perturb the base weights, which DPO uses as its reference policy.
+    in bf16 would perturb the base weights, which DPO uses as its reference policy. An existing
+    ``out_dir`` gets the files written here replaced, loses any other weight files (which could
+    shadow the new ones) and keeps everything else (``keep_other_files``; False replaces it whole).
     """
     state = {k: v for k, v in model.state_dict().items() if not re.search(r"\.lora_[AB]\.", k)}
     with torch.no_grad():
@@ -866,4 +865,5 @@ def export_merged(model: nn.Module, tokenizer, out_dir: str | Path) -> Path:
         model.save_pretrained(tmp, state_dict=state)
         tokenizer.save_pretrained(tmp)
 
-    return _write_dir_atomically(out_dir, write)
+    keep = (lambda name: _HF_WEIGHT_FILE.fullmatch(name) is None) if keep_other_files else None
+    return _write_dir_atomically(out_dir, write, keep)

@@ -14,10 +14,13 @@ For each feedback (one per entry of ``data.dirs``):
    the feedback's metric are dropped and counted.
 
 Output: ``{in_scope,near_scope,out_of_scope}_{train,test}.jsonl`` in the training format (id, prompt,
-category, baseline, revised, in_context, cot) and ``sample_meta.json`` (counts, drops, failures,
-usage). Every request goes through rlvf.client, whose disk cache (``<data dir>/.cache``) makes a
-re-run or a resumed run pay only for what is missing. Replies that do not parse are asked again
-with another seed, then reported with counts — never dropped silently.
+category, baseline, revised, in_context, cot) and ``sample_meta.json``: the latest run's counts,
+drops, failures and usage at the top level, and the history of every run on this directory
+(``runs``: each with its timestamps, counts, failures, the earlier failures it filled in and its
+usage; ``totals``: usage and failures summed over the runs). Every request goes through
+rlvf.client, whose disk cache (``<data dir>/.cache``) makes a re-run or a resumed run pay only for
+what is missing. Replies that do not parse are asked again with another seed, then reported with
+counts — never dropped silently.
 
 A request that runs out of retries leaves its rows out (counted as incomplete in sample_meta.json,
 which lists it); the run goes on with everything else, then names the failed requests on one line
@@ -31,10 +34,11 @@ import json
 import random
 import sys
 from dataclasses import asdict, replace
+from datetime import datetime, timezone
 from pathlib import Path
 
 from rlvf import prompts as P
-from rlvf.checkpoint import write_text_atomic
+from rlvf.atomic import write_text_atomic
 from rlvf.client import ChatClient, ChatFailure, ChatRequest, EndpointConfig, Sampling
 from rlvf.config import load_config
 from rlvf.data import SCOPES, read_rows, scope_file
@@ -43,6 +47,7 @@ from rlvf.feedback import Feedback, in_near_scope, in_scope, load_feedbacks
 from rlvf.pipeline_config import PipelineConfig
 
 COT_MARKER = "RESPONSE:"
+META_NAME = "sample_meta.json"
 
 
 # ----------------------------------------------------------------------------- student prompts
@@ -157,7 +162,7 @@ def _prompts_by_scope(fb: Feedback, cfg: PipelineConfig, ask: Asker) -> dict[str
                       P.parse_categories, f"{fb.name}: categories")
         cats = got.get("categories", [])[: s.categories]
     if not cats:
-        raise UserError(f"{fb.source}: the teacher gave no usable categories for this feedback (see sample_meta.json)")
+        raise UserError(f"{fb.source}: {_no_categories(ask)}; nothing was written")
     in_req = {f"in/{i}": P.in_scope_prompts_request(fb.content, fb.domain, c, s.in_scope_per_category)
               for i, c in enumerate(cats)}
     near_req = {f"near/{i}": P.near_scope_prompts_request(fb.content, fb.domain, c, s.near_scope_per_category)
@@ -192,6 +197,19 @@ def _student_responses(rows: list[dict], fb: Feedback, cfg: PipelineConfig, stud
         text = r.texts[0].strip()
         rows[int(i)][kind] = cot_answer(text) if kind == "cot" else text
     stats["request_failures"] += [_failure(f) for f in failures]
+
+
+def _no_categories(ask: Asker) -> str:
+    """Why the teacher's categories request gave nothing: its HTTP failure, unparsed replies, or an empty list."""
+    failed = [f for f in ask.stats["request_failures"] if f["key"] == "categories"]
+    if failed:
+        f = failed[-1]
+        return (f"the teacher's categories request to {ask.client.base_url} failed after {f['attempts']} attempts "
+                f"({f['error']}); re-run the same command once the teacher answers")
+    if any(u["key"] == "categories" for u in ask.stats["unparsed"]):
+        return (f"the teacher's replies to the categories request did not parse after {ask.retries + 1} tries "
+                "(is teacher.model a capable chat model?)")
+    return "the teacher gave no usable categories for this feedback"
 
 
 def _failure(f: ChatFailure) -> dict:
@@ -238,6 +256,7 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 def sample_feedback(fb: Feedback, out_dir: Path, cfg: PipelineConfig, teacher: ChatClient,
                     student: ChatClient) -> dict:
     """Generate one feedback's data into ``out_dir``; returns the stats written to sample_meta.json."""
+    started = _now()
     stats = {"request_failures": [], "unparsed": [], "incomplete_rows": 0, "filtered_pairs": 0}
     s = cfg.sample
     ask = Asker(teacher, s.teacher_sampling, s.max_parse_retries, s.seed, stats)
@@ -249,6 +268,7 @@ def sample_feedback(fb: Feedback, out_dir: Path, cfg: PipelineConfig, teacher: C
             rows += [{**r, "scope": scope, "split": name} for r in part]
     _student_responses(rows, fb, cfg, student, stats)
     _revisions(rows, fb, cfg, ask)
+    out_dir.mkdir(parents=True, exist_ok=True)
     counts = {}
     for scope in SCOPES:
         for name in ("train", "test"):
@@ -260,17 +280,86 @@ def sample_feedback(fb: Feedback, out_dir: Path, cfg: PipelineConfig, teacher: C
     meta = {"feedback": fb.to_dict(), "counts": counts, **stats,
             "teacher": teacher.summary(), "student": student.summary(),
             "requests": {"teacher": asdict(teacher.stats), "student": asdict(student.stats)}}
-    (out_dir / "sample_meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    runs = read_runs(out_dir / META_NAME)
+    runs.append(_run_record(meta, fb.name, started, _now(), runs[-1] if runs else None))
+    meta.update(runs=runs, totals=totals(runs))
+    write_text_atomic(out_dir / META_NAME, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
     return meta
+
+
+# ----------------------------------------------------------------------------- sample_meta.json history
+
+_RUN_KEYS = ("counts", "request_failures", "unparsed", "incomplete_rows", "filtered_pairs", "teacher", "student",
+             "requests")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def read_runs(path: Path) -> list[dict]:
+    """The runs recorded in ``path`` (sample_meta.json), oldest first; [] if there is none.
+
+    A file written before runs were recorded becomes one run without timestamps; an unreadable
+    one is reported on stderr and its history starts afresh.
+    """
+    if not path.is_file():
+        return []
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        print(f"{path}: unreadable ({err}); its run history starts afresh", file=sys.stderr)
+        return []
+    if not isinstance(old, dict):
+        return []
+    if isinstance(old.get("runs"), list):
+        return [r for r in old["runs"] if isinstance(r, dict)]
+    name = old.get("feedback", {}).get("name") if isinstance(old.get("feedback"), dict) else None
+    return [_run_record(old, name, None, None, None)]
+
+
+def _run_record(meta: dict, feedback: str | None, started: str | None, finished: str | None,
+                previous: dict | None) -> dict:
+    """One run for the history: its timestamps, outcome and usage, and the failures of the
+    previous run that it filled in (requests that failed then and did not fail now)."""
+    failed_now = {f.get("key") for f in meta.get("request_failures", [])}
+    failed_before = [f.get("key") for f in (previous or {}).get("request_failures", []) if isinstance(f, dict)]
+    return {"started": started, "finished": finished, "feedback": feedback,
+            **{k: meta[k] for k in _RUN_KEYS if k in meta},
+            "filled_in": [k for k in dict.fromkeys(failed_before) if k not in failed_now]}
+
+
+def _add(total: dict, part: dict) -> None:
+    """total += part, field by field, for numbers and nested {reason: count} maps."""
+    for key, value in part.items():
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, (int, float)):
+            total[key] = total.get(key, 0) + value
+        elif isinstance(value, dict):
+            _add(total.setdefault(key, {}), value)
+
+
+def totals(runs: list[dict]) -> dict:
+    """Sums over ``runs``: request usage per endpoint, failures, fill-ins."""
+    requests: dict = {"teacher": {}, "student": {}}
+    for run in runs:
+        for role, stats in (run.get("requests") or {}).items():
+            if isinstance(stats, dict):
+                _add(requests.setdefault(role, {}), stats)
+    return {"runs": len(runs), "requests": requests,
+            "request_failures": sum(len(r.get("request_failures") or []) for r in runs),
+            "filled_in": sum(len(r.get("filled_in") or []) for r in runs)}
 
 
 def run(cfg: PipelineConfig, teacher_ep: EndpointConfig, student_ep: EndpointConfig, progress: bool = True) -> list[dict]:
     """Sample every feedback of ``cfg`` into its data directory; UserError at the end if requests failed."""
     feedbacks = load_feedbacks(cfg.feedback)
+    for endpoint in (teacher_ep, student_ep):
+        endpoint.api_key()  # a missing or malformed key stops the run here, before any request or file
     metas = []
     for fb, data_dir in zip(feedbacks, cfg.data.dirs):
         out = Path(data_dir)
-        out.mkdir(parents=True, exist_ok=True)
         teacher = ChatClient(teacher_ep, cache_dir=out / ".cache", progress=progress)
         student = ChatClient(student_ep, cache_dir=out / ".cache", progress=progress)
         meta = sample_feedback(fb, out, cfg, teacher, student)

@@ -420,6 +420,34 @@ def test_missing_key_variable(monkeypatch):
         assert EndpointConfig(local, "m", api_key_env="RLVF_NO_SUCH_KEY").api_key() is None
 
 
+MALFORMED_KEYS = {  # a key that cannot go into an HTTP header: one line naming the variable, never the key
+    "newline inside": ("sk-live-AAAA1111\nsk-live-BBBB2222", "contains a line break"),
+    "carriage return": ("sk-live-AAAA1111\rBBBB2222", "contains a line break"),
+    "curly quote": ("\u201csk-live-AAAA1111BBBB2222\u201d", "contains a non-ASCII character"),
+    "non-breaking space": ("sk-live-AAAA1111\u00a0BBBB2222", "contains a non-ASCII character"),
+    "space": ("Bearer sk-live-AAAA1111BBBB2222", "contains a space or control character"),
+    "control": ("sk-live-AAAA1111\x07BBBB2222", "contains a space or control character"),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED_KEYS))
+def test_malformed_key_is_one_line_naming_the_variable(monkeypatch, case):
+    key, fragment = MALFORMED_KEYS[case]
+    monkeypatch.setenv(ENV, key)
+    with FakeOpenAI() as server:
+        with pytest.raises(UserError) as err:
+            make_client(server, api_key_env=ENV).run(make_requests(1))
+    message = str(err.value)
+    assert message.startswith(f"environment variable {ENV}: the API key in it {fragment}"), message
+    assert "\n" not in message and "AAAA1111" not in message and "BBBB2222" not in message
+    assert server.chat_count == 0  # refused before any request
+
+
+def test_key_with_surrounding_whitespace_is_fine(monkeypatch):
+    monkeypatch.setenv(ENV, f"  {SECRET}\n")  # as $(cat keyfile) or an editor leaves it
+    assert EndpointConfig("https://api.example.com/v1", "m", api_key_env=ENV).api_key() == SECRET
+
+
 def test_check_endpoint(secret_env):
     with FakeOpenAI(models=["fake-model", "other"], api_key=SECRET) as server:
         endpoint = EndpointConfig(server.base_url, "fake-model", api_key_env=ENV)

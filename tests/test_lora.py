@@ -606,3 +606,29 @@ def test_export_merged(tiny_model_dir, tmp_path):
     assert not any(m.merged for m in lora_modules(model).values())
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert torch.equal(_logits(model), expected)
+
+
+# ---------------------------------------------------------------------------------------------
+# base_model_name_or_path
+
+
+def test_local_base_model_is_saved_as_an_absolute_path(tiny_model_dir, tmp_path, monkeypatch):
+    """PEFT's AutoPeftModelForCausalLM loads the base from adapter_config.json: a path relative to
+    where training ran would fail anywhere else. Hub ids stay as given."""
+    from peft import AutoPeftModelForCausalLM
+
+    monkeypatch.chdir(tiny_model_dir.parent)
+    model = _fresh(tiny_model_dir.name)  # loaded by a relative path, as a config's model.path may be
+    inject_lora(model, target_modules=QV, r=2, alpha=4, seed=0)
+    _randomize_lora_B(model)
+    expected = _logits(model)
+    out = save_adapter(model, tmp_path / "adapter")
+    hub = save_adapter(model, tmp_path / "hub", base_model_name_or_path="tiny-org/tiny-llama")
+    mixed = mix_adapters([(out, 1.0)], tmp_path / "mix")
+    for adapter in (out, mixed):
+        assert json.loads((adapter / CONFIG).read_text())["base_model_name_or_path"] == str(tiny_model_dir)
+    assert json.loads((hub / CONFIG).read_text())["base_model_name_or_path"] == "tiny-org/tiny-llama"
+
+    monkeypatch.chdir(tmp_path)  # elsewhere: the relative path would not resolve
+    auto = AutoPeftModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    torch.testing.assert_close(_logits(auto), expected, **TOL)

@@ -160,6 +160,50 @@ def test_a_request_out_of_retries_is_reported_then_filled_in(tmp_path, capsys):
     assert done["request_failures"] == [] and done["incomplete_rows"] == 0
     assert sum(done["counts"].values()) == sum(failed["counts"].values()) + 1
 
+    # sample_meta.json keeps both runs: the first's failure and usage are not overwritten by the fill-in.
+    first, second = done["runs"]
+    assert failed["runs"] == [first]
+    assert first["request_failures"] == [failure] and first["filled_in"] == [] and first["incomplete_rows"] == 1
+    assert second["request_failures"] == [] and second["filled_in"] == [failure["key"]]
+    assert second["requests"]["student"]["sent"] == 1 and second["requests"]["teacher"]["sent"] == 0
+    assert first["started"] <= first["finished"] <= second["started"] <= second["finished"]
+    assert first["requests"] == failed["requests"] and second["requests"] == done["requests"]
+    totals = done["totals"]
+    assert totals["runs"] == 2 and totals["request_failures"] == 1 and totals["filled_in"] == 1
+    for role in ("teacher", "student"):
+        for field in ("sent", "requests", "retries", "prompt_tokens", "completion_tokens"):
+            assert totals["requests"][role][field] == first["requests"][role][field] + second["requests"][role][field]
+    assert totals["requests"]["student"]["retry_reasons"] == {"HTTP 503": 2}
+    assert totals["requests"]["teacher"]["sent"] + totals["requests"]["student"]["sent"] == server.chat_count
+
+
+def test_a_sample_meta_from_before_the_history_becomes_its_first_run(tmp_path):
+    old = {"feedback": {"name": FEEDBACK}, "counts": {"in_scope_train": 3}, "request_failures": [
+        {"key": "cot/1", "error": "read timeout", "attempts": 7}], "unparsed": [], "incomplete_rows": 1,
+        "filtered_pairs": 0, "teacher": "…", "student": "…",
+        "requests": {"teacher": {"sent": 5}, "student": {"sent": 9}}}
+    (tmp_path / "sample_meta.json").write_text(json.dumps(old), encoding="utf-8")
+    (run,) = sample.read_runs(tmp_path / "sample_meta.json")
+    assert run["started"] is None and run["feedback"] == FEEDBACK and run["request_failures"] == old["request_failures"]
+    assert sample.totals([run])["requests"] == {"teacher": {"sent": 5}, "student": {"sent": 9}}
+    assert sample.read_runs(tmp_path / "none.json") == []
+
+
+def test_a_first_request_out_of_retries_names_its_cause(tmp_path, capsys):
+    """The teacher's very first request (categories) fails for good: the one line gives the HTTP
+    cause, points to no file, and nothing is written."""
+    source = load_feedbacks([FEEDBACK])[0].source
+    with fake_server(lambda index, body, attempt: Fault.error(503, "overloaded", retry_after_ms="5")) as server:
+        config = sample_config(tmp_path, server, max_retries=2)
+        with pytest.raises(SystemExit) as exc:
+            sample.main(["--config", str(config)])
+        sent = server.chat_count
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exc.value.code == 2 and sent == 3
+    assert err == (f"error: {source}: the teacher's categories request to {server.base_url} failed after 3 attempts "
+                   "(HTTP 503: overloaded); re-run the same command once the teacher answers; nothing was written")
+    assert not (tmp_path / "data").exists()
+
 
 def test_the_failure_line_names_a_few_and_counts_the_rest():
     fbs = load_feedbacks([FEEDBACK, "concise-email-alan"])
