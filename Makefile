@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-slow install
+.PHONY: demo test test-slow install check-wheel
 
 $(VENV)/.installed: setup.py constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,3 +28,7 @@ test: $(VENV)/.installed
 
 test-slow: $(VENV)/.installed
 	$(PY) -m pytest -q -m "slow"
+
+# The wheel a user installs, outside the checkout: every module and data file must be in it.
+check-wheel: $(VENV)/.installed
+	PYTHON=$(PY) bash .ci/check_wheel.sh

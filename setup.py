@@ -3,7 +3,7 @@
 The top-level kernels/ directory is installed as the subpackage ``rlvf.kernels``: a top-level
 package named ``kernels`` would shadow Hugging Face's ``kernels`` library, which transformers probes.
 """
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="rlvf",
@@ -12,7 +12,9 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["rlvf", "rlvf.kernels"],
+    # every subpackage of rlvf/ (tinyworld, ...) plus kernels/ as rlvf.kernels; `make check-wheel`
+    # installs the built wheel outside the checkout and runs the tiny-world sampling stage from it
+    packages=["rlvf", *(f"rlvf.{p}" for p in find_packages("rlvf")), "rlvf.kernels"],
     package_dir={"rlvf": "rlvf", "rlvf.kernels": "kernels"},
     package_data={
         "rlvf": ["py.typed", "tinyworld/feedbacks/*.yaml", "tinyworld/model/*"],

@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from rlvf import checkpoint as ckpt
 from rlvf import distributed as D
+from rlvf.atomic import publish_file
 from rlvf.batches import (MicroBatch, Streams, build_streams, load_rows, micro_batch, optimizer_steps,
                           shard_micro_batch, split_rows)
 from rlvf.config import Config, describe, expand_sweep, load_config, read_yaml, save_config, to_dict
@@ -166,7 +167,7 @@ def cached_reference(path: Path, model, s: Streams, cfg: Config, pad_id, device,
         tmp = path.with_name(f".{path.name}.tmp")
         save_file({"chosen": ref.chosen.contiguous(), "rejected": ref.rejected.contiguous()}, str(tmp),
                   metadata={"fingerprint": fp})
-        tmp.replace(path)
+        publish_file(tmp, path)  # the umask's mode, not save_file's 0600
     return ref
 
 

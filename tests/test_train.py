@@ -59,6 +59,10 @@ def test_c3po_lowers_loss_and_raises_margin(tmp_path, tiny_model_dir):
     assert last(rows, "eval/rewards/margins") > 0
     assert last(rows, "eval/loss/dpo") < 0.693
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    # readable by a server running as another user: the umask's mode, not safetensors' 0600
+    from rlvf.atomic import default_mode
+    for path in (out / "adapter" / "adapter_model.safetensors", out / "ref_logps.safetensors"):
+        assert path.stat().st_mode & 0o777 == default_mode(), path
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["method"]["lambda_out"] == 0.2 and saved["train"]["max_steps"] == 12
     for key in ("lr", "grad_norm", "tokens_per_s", "loss/near", "loss/out", "rewards/accuracies"):
