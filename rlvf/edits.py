@@ -2,7 +2,7 @@
 
 Edits are a registry keyed by ``kind``; their other keys are the parameters. A list of edits is
 applied in order, so any edit written in YAML works without code changes. Every edit is idempotent
-(editing an edited reply changes nothing), which makes ``feedback.apply_edit(edit, r) == r`` a usable
+(editing an edited reply changes nothing), which makes ``apply_edit(edit, r) == r`` a usable
 "already follows" test. ``_register`` and ``split_sentences`` are shared with rlvf/feedback_metrics.py.
 """
 from __future__ import annotations
@@ -39,6 +39,11 @@ _FENCE = re.compile(r"```[^\n`]*\n.*?\n?```", re.S)
 def split_sentences(text: str) -> list[str]:
     """Sentences of a reply: split after . ! or ? followed by whitespace (the world's replies are plain)."""
     return [s.strip() for s in _SENTENCE_END.split(text.strip()) if s.strip()]
+
+
+def apply_edit(edit, reply: str) -> str:
+    """Apply ``edit`` (an rlvf.feedback.Edit: ``kind`` and ``params``) to ``reply``; deterministic and idempotent."""
+    return EDITS[edit.kind].fn(reply, **edit.params)
 
 
 @_register(EDITS, "append", text=(str, _REQUIRED))
@@ -148,7 +153,6 @@ def _regex_replace(reply: str, pattern: str, by: str = "", ignore_case: bool = F
 @_register(EDITS, "sequence", steps=("edits", _REQUIRED))
 def _sequence(reply: str, steps: list) -> str:
     """Apply several edits in order (a YAML list of edits means this)."""
-    from rlvf.feedback import apply_edit  # here, not at the top: rlvf.feedback imports this module
     for step in steps:
         reply = apply_edit(step, reply)
     return reply

@@ -28,20 +28,18 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import functools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rlvf.config import read_yaml
-from rlvf.edits import _REQUIRED, EDITS
+from rlvf.edits import _REQUIRED, EDITS, apply_edit
 from rlvf.errors import UserError
 from rlvf.feedback_metrics import METRICS
+from rlvf.tinyworld.scope import SELECTOR_KEYS, check_near, copy_selector, world_values
 
 SCOPES = ("global", "regional", "local")
 TYPES = ("quantitative", "qualitative")
-SELECTOR_KEYS = {"scenarios": "scenario", "topics": "topic", "recipients": "recipient",
-                 "relations": "relation", "channels": "channel"}  # selector key -> Request field
 
 
 def _hint(name: str, known) -> str:
@@ -190,11 +188,6 @@ class Edit:
         return {"kind": self.kind, **_params_to_dict(self.params)}
 
 
-def apply_edit(edit: Edit, reply: str) -> str:
-    """Apply ``edit`` to ``reply``; deterministic and idempotent."""
-    return EDITS[edit.kind].fn(reply, **edit.params)
-
-
 @dataclass
 class Metric:
     """A quantitative check "does this response follow the feedback?" (the original code's metric kinds)."""
@@ -250,7 +243,7 @@ class WorldSpec:
     """Selectors of near-scope requests: related-looking but out of scope; none may select an in-scope request."""
 
     def to_dict(self) -> dict:
-        return {"selector": _copy_selector(self.selector), "near": [_copy_selector(s) for s in self.near],
+        return {"selector": copy_selector(self.selector), "near": [copy_selector(s) for s in self.near],
                 "edit": self.edit.to_dict()}
 
 
@@ -316,10 +309,6 @@ FEEDBACK_DIR = Path(__file__).parent / "tinyworld" / "feedbacks"
 """The feedbacks shipped with the tiny world."""
 
 
-def _copy_selector(sel: dict) -> dict:
-    return {k: list(v) for k, v in sel.items()}
-
-
 def _check_keys(raw: dict, known, where: str, prefix: str) -> None:
     for k in raw:
         if k not in known:
@@ -347,7 +336,7 @@ def load_feedback(path: str | Path) -> Feedback:
     fb = Feedback(raw["content"], raw["domain"], raw["effect"], raw["scope"], raw["type"], metric=metric,
                   world=world, categories=categories, name=path.stem, source=where)
     if world is not None:
-        _check_near(fb, where)
+        check_near(fb, where)
     return fb
 
 
@@ -421,123 +410,8 @@ def _parse_selector(raw, where: str, key: str) -> dict:
         values = _check_value(values, "strings", where, f"{key}.{k}")
         for v in values:
             if v not in known[k]:
-                what = {"scenarios": "scenario", "topics": "topic", "recipients": "person",
-                        "relations": "relation", "channels": "channel"}[k]
+                what = SELECTOR_KEYS[k][1]
                 hint = _hint(v, sorted(known[k]))
                 raise UserError(f"{where}: {key}.{k}: unknown {what} '{v}' in the tiny world{hint}")
         out[k] = values
     return out
-
-
-def world_values() -> dict:
-    """Values the tiny world knows for each selector key."""
-    from rlvf.tinyworld import world
-
-    return {
-        "scenarios": set(world.SCENARIOS),
-        "topics": {t for ts in world.TOPICS.values() for t in ts},
-        "recipients": set(world.PEOPLE),
-        "relations": {rel for rel, _ in world.PEOPLE.values()},
-        "channels": set(world.CHANNEL_OF.values()),
-    }
-
-
-def world_slots() -> list:
-    """Every (scenario, topic, recipient, relation, channel) the world can generate, as prompt-less Requests.
-
-    A messaging scenario goes to each person reachable on its channel, about any message topic
-    (``sample_request`` accepts any such pin); the other scenarios have a topic only.
-    """
-    from rlvf.tinyworld import world
-
-    out = []
-    for scenario in world.SCENARIOS:
-        channel = world.CHANNEL_OF.get(scenario)
-        for topic in world.TOPICS[scenario]:
-            if channel is None:
-                out.append(world.Request(scenario, "", topic))
-                continue
-            for person, (relation, channels) in world.PEOPLE.items():
-                if channel in channels:
-                    out.append(world.Request(scenario, "", topic, person, relation, channel))
-    return out
-
-
-@functools.lru_cache(maxsize=1)
-def _world_slots_cached() -> tuple:
-    return tuple(world_slots())
-
-
-def matches(request, selector: dict) -> bool:
-    """Does ``request`` match ``selector``? Every given key must list the request's value (world.matches)."""
-    from rlvf.tinyworld import world
-
-    return world.matches(request, selector)
-
-
-def sample_from_selector(rng, selector: dict, exclude: dict | None = None, tries: int = 200):
-    """A world request matching ``selector`` (and not ``exclude``), drawn with pins taken from the selector.
-
-    Each try picks a scenario among those the selector allows and one value of each of its
-    topics / recipients / relations / channels, then calls ``world.sample_request``; pins the world
-    cannot satisfy together are redrawn. Raises ValueError after ``tries`` misses.
-    """
-    from rlvf.tinyworld import world
-
-    scenarios = list(selector.get("scenarios") or world.SCENARIOS)
-    for _ in range(tries):
-        pins = {SELECTOR_KEYS[k]: rng.choice(list(v)) for k, v in sorted(selector.items()) if k != "scenarios"}
-        if "recipient" in pins:
-            pins.pop("relation", None)  # the person fixes the relation; matches() re-checks it
-        try:
-            request = world.sample_request(rng, rng.choice(scenarios), **pins)
-        except ValueError:
-            continue
-        if matches(request, selector) and not (exclude is not None and matches(request, exclude)):
-            return request
-    raise ValueError(f"no world request matches {selector} after {tries} tries")
-
-
-def _describe(r) -> str:
-    who = f" to {r.recipient} ({r.relation})" if r.recipient else ""
-    return f"{r.scenario}{who} about {r.topic}"
-
-
-def _check_near(fb: Feedback, where: str) -> None:
-    """Each near selector must select some world request, and never an in-scope one."""
-    slots = _world_slots_cached()
-    in_sc = [matches(r, fb.world.selector) for r in slots]
-    if not any(in_sc):
-        raise UserError(f"{where}: world.selector: selects no request the tiny world can generate; "
-                        f"check that its scenarios, people and topics go together")
-    for i, sel in enumerate(fb.world.near):
-        hits = [(r, s) for r, s in zip(slots, in_sc) if matches(r, sel)]
-        if not hits:
-            raise UserError(f"{where}: world.near[{i}]: selects no request the tiny world can generate; "
-                            f"check that its scenarios, people and topics go together")
-        inside = [r for r, s in hits if s]
-        if len(inside) == len(hits):
-            raise UserError(f"{where}: world.near[{i}]: can only produce in-scope requests "
-                            f"(e.g. {_describe(inside[0])}); near scope must lie outside world.selector")
-        if inside:
-            raise UserError(f"{where}: world.near[{i}]: also selects in-scope requests (e.g. {_describe(inside[0])}); "
-                            f"narrow it so that no near-scope request matches world.selector")
-
-
-def in_scope(feedback: Feedback, request) -> bool:
-    """Does ``feedback`` apply to this world ``request``?"""
-    if feedback.world is None:
-        raise ValueError(f"feedback '{feedback.name or feedback.content}' has no world spec")
-    return matches(request, feedback.world.selector)
-
-
-def near_selectors(feedback: Feedback) -> list:
-    """The near-scope selectors of ``feedback`` (copies); none for global feedback or without a world spec."""
-    if feedback.world is None or feedback.scope == "global":
-        return []
-    return [_copy_selector(s) for s in feedback.world.near]
-
-
-def in_near_scope(feedback: Feedback, request) -> bool:
-    """Is ``request`` near scope: matched by a near selector (and, by validation, out of scope)?"""
-    return any(matches(request, s) for s in near_selectors(feedback)) and not in_scope(feedback, request)

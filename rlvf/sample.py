@@ -43,7 +43,8 @@ from rlvf.client import ChatClient, ChatFailure, ChatRequest, EndpointConfig, Sa
 from rlvf.config import load_config
 from rlvf.data import SCOPES, read_rows, scope_file
 from rlvf.errors import UserError, exit_on_user_error
-from rlvf.feedback import Feedback, in_near_scope, in_scope, load_feedbacks
+from rlvf.feedback import Feedback, load_feedbacks
+from rlvf.tinyworld.scope import in_near_scope, in_scope
 from rlvf.pipeline_config import PipelineConfig
 
 COT_MARKER = "RESPONSE:"

@@ -11,8 +11,9 @@ import yaml
 
 from rlvf.edits import EDITS
 from rlvf.errors import UserError
-from rlvf.feedback import (FEEDBACK_DIR, Edit, Feedback, Metric, apply_edit, in_near_scope, in_scope, load_feedback,
-                           load_feedbacks, near_selectors, sample_from_selector, world_slots)
+from rlvf.edits import apply_edit
+from rlvf.feedback import FEEDBACK_DIR, Edit, Feedback, Metric, load_feedback, load_feedbacks
+from rlvf.tinyworld.scope import in_near_scope, in_scope, near_selectors, sample_from_selector, world_slots
 from rlvf.feedback_metrics import METRICS
 from rlvf.tinyworld import world
 

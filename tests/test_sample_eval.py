@@ -154,7 +154,7 @@ def test_general_prompt_sources(tmp_path):
     bad.write_text('{"prompt": "ok"}\n{"prompt": ""}\n')
     with pytest.raises(UserError, match=r"bad.jsonl:2: field 'prompt' is empty"):
         general_prompts(str(bad), 5, fb, seed=0, exclude=set())
-    from rlvf.feedback import in_near_scope, in_scope
+    from rlvf.tinyworld.scope import in_near_scope, in_scope
     from rlvf.tinyworld import world
 
     for p in general_prompts("tinyworld", 30, fb, seed=1, exclude=set()):
@@ -165,7 +165,7 @@ def test_general_prompt_sources(tmp_path):
 def test_qualitative_feedback_is_scored_by_the_teachers_judge():
     from rlvf.client import ChatClient, EndpointConfig, Sampling
     from rlvf.evaluate import Scorer
-    from rlvf.feedback import apply_edit
+    from rlvf.edits import apply_edit
     from rlvf.serve import start_server
 
     (fb,) = load_feedbacks(["funny-texts-sam"])

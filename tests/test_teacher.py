@@ -4,7 +4,9 @@ from __future__ import annotations
 import pytest
 
 from rlvf import prompts as P
-from rlvf.feedback import apply_edit, in_scope, load_feedbacks
+from rlvf.edits import apply_edit
+from rlvf.feedback import load_feedbacks
+from rlvf.tinyworld.scope import in_scope
 from rlvf.tinyworld import world
 from rlvf.tinyworld.teacher import OfflineTeacher, TeacherError, categories
 
@@ -42,7 +44,7 @@ def test_in_scope_prompts_are_in_scope(teacher, feedbacks):
 
 
 def test_near_scope_prompts_are_near_not_in(teacher, feedbacks):
-    from rlvf.feedback import in_near_scope
+    from rlvf.tinyworld.scope import in_near_scope
 
     for fb in [f for f in feedbacks if f.world.near]:
         cat = P.parse_categories(teacher.complete(P.categories_request(fb.content, fb.domain, 3)))[0]

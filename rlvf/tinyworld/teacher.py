@@ -21,9 +21,11 @@ import hashlib
 import json
 import random
 
-from rlvf.feedback import Feedback, apply_edit, in_scope
+from rlvf.edits import apply_edit
+from rlvf.feedback import Feedback
 from rlvf.prompts import ParseError, TeacherRequest, read_request
 from rlvf.tinyworld import world
+from rlvf.tinyworld.scope import in_scope
 
 _LABELS = {
     "text_message": "text messages", "email": "emails", "slack_dm": "Slack direct messages",

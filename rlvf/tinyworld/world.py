@@ -1,6 +1,6 @@
 """A deterministic synthetic chat world: user requests across everyday scenarios and assistant replies.
 
-The world is the embedded default's stand-in for real users and a real chat model (issue 4, item 1).
+The world is the embedded default's stand-in for real users and a real chat model.
 It is built to sit close to the paper's feedback domains (Stephan et al. 2024, Sec. 4: "texting my
 girlfriend Maddie", emails to a boss, coding questions, ...) and to overlap the way the paper's
 near-scope prompts do: the same person can be texted, emailed or messaged on Slack, and the same
@@ -1032,8 +1032,10 @@ _PRODUCT_CLOSERS = ("It also makes a thoughtful gift.", "It comes with a two-yea
 SCENARIO_WEIGHTS = {s: (1.5 if s in MESSAGING else 1.0) for s in SCENARIOS}  # corpus() mix
 MAX_REPLY_WORDS = 120  # on_topic rejects longer replies (baseline replies stay under ~60 words)
 _PIN_KEYS = ("topic", "recipient", "relation", "channel")
-_SELECTOR_FIELDS = {"scenarios": "scenario", "topics": "topic", "recipients": "recipient",
-                    "relations": "relation", "channels": "channel"}
+# The one table of feedback selector keys: key -> (the Request field it tests, what one value names).
+SELECTOR_KEYS = {"scenarios": ("scenario", "scenario"), "topics": ("topic", "topic"),
+                 "recipients": ("recipient", "person"), "relations": ("relation", "relation"),
+                 "channels": ("channel", "channel")}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1485,9 +1487,9 @@ def matches(request: Request, selector: dict) -> bool:
     empty selector matches every request. Unknown keys or non-list values raise ValueError.
     """
     for key, values in selector.items():
-        if key not in _SELECTOR_FIELDS:
-            raise ValueError(f"unknown selector key {key!r}; expected a subset of {list(_SELECTOR_FIELDS)}")
+        if key not in SELECTOR_KEYS:
+            raise ValueError(f"unknown selector key {key!r}; expected a subset of {list(SELECTOR_KEYS)}")
         if isinstance(values, (str, bytes)) or not hasattr(values, "__contains__"):
             raise ValueError(f"selector key {key!r} must map to a list of values, got {values!r}")
-    return all(getattr(request, _SELECTOR_FIELDS[k]) is not None
-               and getattr(request, _SELECTOR_FIELDS[k]) in v for k, v in selector.items())
+    return all(getattr(request, SELECTOR_KEYS[k][0]) is not None
+               and getattr(request, SELECTOR_KEYS[k][0]) in v for k, v in selector.items())
