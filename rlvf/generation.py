@@ -21,6 +21,18 @@ the OpenAI defaults (temperature 1, top_p 1, no top_k, repetition_penalty 1); th
 generation_config.json sampling defaults are ignored (its EOS ids are kept); max_tokens defaults to
 ``default_max_tokens``, capped by the context length.
 
+Cancellation: a job carries ``client_gone()`` (the HTTP layer's check of its socket). A job whose
+client has left is dropped before its batch runs, and between generation steps (checked at most
+every ``CANCEL_POLL_S``) its rows end (finish_reason "cancelled", never answered), so abandoned work
+stops; a batch whose rows have all ended stops generating. On ``Batcher.close(grace_s)`` the running
+batch gets ``grace_s`` to finish and is then halted the same way (its requests get 503).
+``Batcher.stats()`` counts generated tokens (cut rows included), cancellations and the tokens they
+had cost.
+
+Tokenizers: HF fast tokenizers must not be shared across threads, so prompts are encoded by a pool of
+``ENCODE_SLOTS`` copies (no global lock: the Rust tokenizer also releases the GIL, so one long prompt
+holds one copy, not the server), and the worker thread decodes with its own copy.
+
 Determinism: a request with a seed gets the same choices every time it is sent to the same server
 build (model, adapter, device, dtype, library versions), whichever requests share its batch —
 its random draws come only from its own generators — with one caveat: a row's logits may differ in
@@ -31,6 +43,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import copy
 import hashlib
 import math
 import queue
@@ -38,14 +51,19 @@ import secrets
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria, \
     StoppingCriteriaList
 
-from rlvf.protocol import ApiError, Choice, Completion, SamplingParams, cut_at_stop
+from rlvf.protocol import ApiError, Choice, Completion, SamplingParams, cut_at_stop, stop_error
+
+CANCEL_POLL_S = 0.02  # how often a running batch asks whether its clients are still there
+ENCODE_SLOTS = 4  # tokenizer copies for encoding prompts, i.e. prompts encoded at once
+BATCH_SIZES_KEPT = 10_000  # Batcher.batch_sizes keeps the latest this many
 
 
 # ----------------------------------------------------------------------------------------------
@@ -90,17 +108,31 @@ class RowSampler(LogitsProcessor):
 
 
 class RowStop(StoppingCriteria):
-    """Per-row end of generation: an EOS token, a stop string in the decoded output, or the row's own
-    max_tokens. Records, per row, how many tokens it generated and why it stopped."""
+    """Per-row end of generation: an EOS token, a stop string in the decoded output, the row's own
+    max_tokens, or its request being stopped (``cancelled()``: one flag per row, polled at most every
+    ``poll_s``). Records, per row, how many tokens it generated and why it stopped."""
 
     def __init__(self, prompt_len: int, max_tokens: list[int], stops: list[tuple[str, ...]],
-                 eos_ids: set[int], decode):
+                 eos_ids: set[int], decode, cancelled: Callable[[], list[bool]] | None = None,
+                 poll_s: float = CANCEL_POLL_S):
         self.prompt_len, self.max_tokens, self.stops = prompt_len, max_tokens, stops
         self.eos_ids, self.decode = eos_ids, decode
+        self.cancelled, self.poll_s, self._next_poll = cancelled, poll_s, 0.0
         self.done: list[tuple[int, str] | None] = [None] * len(max_tokens)  # (tokens, finish_reason)
+
+    def _poll(self, t: int) -> None:
+        """End the rows whose request was stopped, at most every poll_s."""
+        now = time.monotonic()
+        if self.cancelled is None or now < self._next_poll:
+            return
+        self._next_poll = now + self.poll_s
+        for i, stopped in enumerate(self.cancelled()):
+            if stopped and self.done[i] is None:
+                self.done[i] = (t, "cancelled")
 
     def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
         t = input_ids.shape[1] - self.prompt_len  # tokens generated so far
+        self._poll(t)
         last = input_ids[:, -1].tolist()
         for i, token in enumerate(last):
             if self.done[i] is not None:
@@ -121,6 +153,23 @@ def row_generator(seed: int | None, choice: int, device: torch.device) -> torch.
     else:
         value = int.from_bytes(hashlib.sha256(f"{seed}:{choice}".encode()).digest()[:8], "big") >> 1
     return torch.Generator(device=device).manual_seed(value)
+
+
+class TokenizerPool:
+    """``size`` copies of a tokenizer, each lent to one thread at a time."""
+
+    def __init__(self, tokenizer, size: int = ENCODE_SLOTS):
+        self._free: queue.SimpleQueue = queue.SimpleQueue()
+        for _ in range(size):
+            self._free.put(copy.deepcopy(tokenizer))
+
+    @contextlib.contextmanager
+    def borrow(self):
+        tokenizer = self._free.get()
+        try:
+            yield tokenizer
+        finally:
+            self._free.put(tokenizer)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -163,7 +212,8 @@ class HFBackend:
             lora.inject_lora(self.model, union, exclude_modules=(), r=rank, alpha=rank, dropout=0.0)  # s = 1
             self.model.requires_grad_(False)
         self._lora = lora
-        self._tokenizer_lock = threading.Lock()  # HF fast tokenizers are not safe to share across threads
+        self._encoders = TokenizerPool(self.tokenizer)  # request threads
+        self._decoder = copy.deepcopy(self.tokenizer)  # the batcher's worker thread only
 
     def _load_adapter(self, path: Path) -> _Adapter:
         weights = {m: (A.to(self.device), B.to(self.device)) for m, (A, B) in _read_adapter(self.model, path).items()}
@@ -189,16 +239,16 @@ class HFBackend:
         """Prompt token ids via the chat template (its own BOS, so no special tokens added again)."""
         import jinja2
 
-        with self._tokenizer_lock:
+        with self._encoders.borrow() as tokenizer:
             try:
-                text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+                text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
             except jinja2.TemplateError as err:
                 raise ApiError(400, f"the model's chat template rejected the messages: {err}", "messages") from None
-            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            return tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def decode(self, ids: torch.Tensor) -> str:
-        with self._tokenizer_lock:
-            return self.tokenizer.decode(ids, skip_special_tokens=True)
+        """Text of generated ids; for the batcher's worker thread (it owns this tokenizer copy)."""
+        return self._decoder.decode(ids, skip_special_tokens=True)
 
     def resolve_max_tokens(self, prompt_len: int, requested: int | None, default: int) -> int:
         """max_tokens for a prompt: the request's, else ``default``; 400 if it overflows the context."""
@@ -260,7 +310,7 @@ class HFBackend:
             generators = [row_generator(job.params.seed, j, self.device) for job, j in rows]
             processors.append(RowSampler(params.temperature, params.top_k, params.top_p, generators))
         stop = RowStop(prompt_len, [job.max_tokens for job, _ in rows], [job.params.stop for job, _ in rows],
-                       self.eos_ids, self.decode)
+                       self.eos_ids, self.decode, cancelled=lambda: _rows_stopped(jobs, rows))
         config = GenerationConfig(max_new_tokens=max(job.max_tokens for job in jobs), do_sample=False,
                                   num_beams=1, use_cache=True, pad_token_id=self.tokenizer.pad_token_id,
                                   eos_token_id=sorted(self.eos_ids))
@@ -271,8 +321,8 @@ class HFBackend:
         choices = []
         for i, (job, _) in enumerate(rows):
             tokens, reason = stop.done[i] or (out.shape[1] - prompt_len, "length")
-            text, _ = cut_at_stop(self.decode(out[i, prompt_len: prompt_len + tokens]), job.params.stop)
-            choices.append(Choice(text, reason, tokens))
+            text = "" if reason == "cancelled" else self.decode(out[i, prompt_len: prompt_len + tokens])
+            choices.append(Choice(cut_at_stop(text, job.params.stop)[0], reason, tokens))
         results, k = [], 0
         for job in jobs:
             results.append(Completion(len(job.prompt_ids), choices[k: k + job.params.n]))
@@ -280,8 +330,19 @@ class HFBackend:
         return results
 
 
+def _rows_stopped(jobs: list["Job"], rows: list[tuple["Job", int]]) -> list[bool]:
+    """Per row: has its job been stopped? (Each job asked once.)"""
+    stopped = [job.stopped() for job in jobs]
+    index = {id(job): i for i, job in enumerate(jobs)}
+    return [stopped[index[id(job)]] for job, _ in rows]
+
+
 # ----------------------------------------------------------------------------------------------
 # The batching worker
+
+
+def _never() -> bool:
+    return False
 
 
 @dataclass
@@ -291,21 +352,39 @@ class Job:
     params: SamplingParams
     max_tokens: int
     future: Future
+    client_gone: Callable[[], bool] = _never
+    """Whether the request's client has left; asked from the worker thread before and during generation."""
+    halt: threading.Event = field(default_factory=threading.Event)
+    """Set by the batcher when the server stops waiting for running work."""
+    stop_reason: str | None = None
+    """None, or why the job was stopped: "client_gone" or "shutdown"."""
 
     @property
     def key(self) -> tuple:
         return (self.model, self.params.batch_key())
 
+    def stopped(self) -> bool:
+        """True once the job should end unanswered (its client left, or the server halts); sticky."""
+        if self.stop_reason is None:
+            if self.halt.is_set():
+                self.stop_reason = "shutdown"
+            elif self.client_gone():
+                self.stop_reason = "client_gone"
+        return self.stop_reason is not None
+
 
 class Batcher:
-    """A queue and one worker thread that runs same-key jobs together through ``run(jobs)``."""
+    """A queue and one worker thread that runs same-key jobs together through ``run(jobs)`` (which
+    returns one Completion per job; rows it cut short have finish_reason "cancelled")."""
 
     def __init__(self, run, max_batch_size: int, wait_s: float):
         self.run, self.max_batch_size, self.wait_s = run, max_batch_size, wait_s
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._lock = threading.Lock()
         self._closed = False
-        self.batch_sizes: list[int] = []  # rows of each generate call, in order
+        self._halt = threading.Event()
+        self.batch_sizes: collections.deque[int] = collections.deque(maxlen=BATCH_SIZES_KEPT)  # rows per call
+        self.counts = collections.Counter()  # see stats()
         self.running = False  # a batch is generating now
         self._thread = threading.Thread(target=self._loop, name="rlvf-serve-batcher", daemon=True)
         self._thread.start()
@@ -313,15 +392,31 @@ class Batcher:
     def submit(self, job: Job) -> None:
         with self._lock:
             if self._closed:
-                raise ApiError(503, "the server is shutting down", code="shutting_down")
+                raise stop_error("shutdown")
+            job.halt = self._halt
             self._queue.put(job)
 
-    def close(self, timeout: float | None = None) -> None:
-        """Finish the running batch, fail queued jobs with 503, join the worker."""
+    def stats(self) -> dict:
+        """generate_calls, batch_sizes (the latest BATCH_SIZES_KEPT), generated_tokens (every row's
+        tokens, cut rows included), cancelled (requests whose client left: dropped before or cut during
+        generation), cancelled_tokens (what the cut ones had generated), halted (cut at shutdown),
+        running (1 while a batch generates), queued (jobs waiting for the worker)."""
+        with self._lock:
+            counts = {key: self.counts[key] for key in ("generate_calls", "generated_tokens", "cancelled",
+                                                        "cancelled_tokens", "halted")}
+            return {**counts, "running": int(self.running), "queued": self._queue.qsize(),
+                    "batch_sizes": list(self.batch_sizes)}
+
+    def close(self, grace_s: float | None = None, halt_wait_s: float = 10.0) -> None:
+        """Give the running batch ``grace_s`` (None: all it needs) to finish, then halt it between
+        steps (503); queued jobs get 503; join the worker."""
         with self._lock:
             self._closed = True
             self._queue.put(None)
-        self._thread.join(timeout)
+        self._thread.join(grace_s)
+        if self._thread.is_alive():
+            self._halt.set()
+            self._thread.join(halt_wait_s)
 
     def _loop(self) -> None:
         pending: collections.deque[Job] = collections.deque()
@@ -363,19 +458,41 @@ class Batcher:
         return batch, rest
 
     def _run(self, batch: list[Job]) -> None:
+        live = [job for job in batch if not job.stopped()]
+        for job in batch:
+            if job.stop_reason is not None:  # stopped while it was queued
+                self._finish(job, None)
+        if not live:
+            return
         self.running = True
         try:
-            results = self.run(batch)
+            results = self.run(live)
         except BaseException as err:  # noqa: BLE001 - handed to the waiting request threads
-            for job in batch:
+            for job in live:
                 job.future.set_exception(err)
         else:
-            for job, result in zip(batch, results):
-                job.future.set_result(result)
+            for job, result in zip(live, results):
+                self._finish(job, result)
         finally:
             self.running = False
         with self._lock:
-            self.batch_sizes.append(sum(job.params.n for job in batch))
+            self.batch_sizes.append(sum(job.params.n for job in live))
+            self.counts["generate_calls"] += 1
+
+    def _finish(self, job: Job, result: Completion | None) -> None:
+        """Answer ``job`` with ``result``, or, if it was stopped before or during generation, fail it
+        (counted as cancelled or halted)."""
+        tokens = sum(c.tokens for c in result.choices) if result is not None else 0
+        cut = result is None or any(c.finish_reason == "cancelled" for c in result.choices)
+        with self._lock:
+            self.counts["generated_tokens"] += tokens
+            if cut:
+                self.counts["halted" if job.stop_reason == "shutdown" else "cancelled"] += 1
+                self.counts["cancelled_tokens"] += tokens
+        if cut:
+            job.future.set_exception(stop_error(job.stop_reason or "client_gone"))
+        else:
+            job.future.set_result(result)
 
     def _fail(self, pending) -> None:
         while True:
@@ -386,5 +503,5 @@ class Batcher:
             if job is not None:
                 pending.append(job)
         for job in pending:
-            job.future.set_exception(ApiError(503, "the server is shutting down", code="shutting_down"))
+            job.future.set_exception(stop_error("shutdown"))
 

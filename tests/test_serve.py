@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import Future
 from pathlib import Path
 
 import httpx
@@ -22,7 +23,8 @@ import torch
 
 from rlvf import prompts as P
 from rlvf.errors import UserError
-from rlvf.feedback import FEEDBACK_DIR, apply_edit, load_feedbacks
+from rlvf.edits import apply_edit
+from rlvf.feedback import FEEDBACK_DIR, load_feedbacks
 from rlvf.serve import start_server
 from rlvf.tinyworld.teacher import OfflineTeacher
 
@@ -257,14 +259,17 @@ def test_batcher_groups_by_key_caps_rows_and_fails_queued_jobs_on_close():
     from concurrent.futures import Future
 
     from rlvf.generation import Batcher, Job
-    from rlvf.protocol import ApiError, SamplingParams
+    from rlvf.protocol import ApiError, Choice, Completion, SamplingParams
 
     release, batches = threading.Event(), []
 
     def run(jobs):
         batches.append([job.prompt_ids[0] for job in jobs])
         release.wait(10)
-        return [f"answer {job.prompt_ids[0]}" for job in jobs]
+        return [answer(job.prompt_ids[0]) for job in jobs]
+
+    def answer(i):
+        return Completion(1, [Choice(f"answer {i}", "stop", 1)])
 
     def job(i, model="m", temperature=0.0, n=1):
         return Job(model, [i], SamplingParams(temperature=temperature, n=n), 4, Future())
@@ -278,9 +283,9 @@ def test_batcher_groups_by_key_caps_rows_and_fails_queued_jobs_on_close():
     for j in jobs:
         batcher.submit(j)
     release.set()
-    assert [j.future.result(10) for j in [first, *jobs]] == [f"answer {i}" for i in range(6)]
+    assert [j.future.result(10) for j in [first, *jobs]] == [answer(i) for i in range(6)]
     assert batches == [[0], [1, 3], [2], [4], [5]]
-    assert batcher.batch_sizes == [1, 3, 1, 1, 1]
+    assert batcher.stats()["batch_sizes"] == [1, 3, 1, 1, 1]
 
     release.clear()
     running, queued = job(6), job(7, model="other")
@@ -293,7 +298,7 @@ def test_batcher_groups_by_key_caps_rows_and_fails_queued_jobs_on_close():
     time.sleep(0.05)
     release.set()
     closer.join(10)
-    assert running.future.result(10) == "answer 6"
+    assert running.future.result(10) == answer(6)
     with pytest.raises(ApiError) as err:
         queued.future.result(10)
     assert err.value.status == 503
@@ -424,10 +429,151 @@ def test_request_errors_have_openai_shape(client, server):
     check_error(client.post("/chat/completions", json=[1, 2]), 400)
     for key, value in [("temperature", "hot"), ("max_tokens", 0), ("n", True), ("top_p", 0), ("stop", 3),
                        ("seed", 1.5), ("max_tokens", 10**9)]:
-        check_error(chat(client, **{key: value}), 400, "messages" if value == 10**9 else key)
+        check_error(chat(client, **{key: value}), 400, key)
+    error = check_error(chat(client, max_tokens=4090), 400, "messages")  # the tiny model's context is 4096
+    assert error["code"] == "context_length_exceeded"
     check_error(client.get("/chat/completions"), 405)
     check_error(client.post("/models", json={}), 405)
     check_error(client.get("/nowhere"), 404)
+
+
+def test_numbers_out_of_range_are_400_and_edge_values_work(client):
+    """Values that used to reach the model (a temperature of 1e-300 divides float32 logits by zero)
+    and answered 500, which clients retry: each is a 400 naming the field, with a short message."""
+    for key, value in [("temperature", 1e-300), ("temperature", 101), ("repetition_penalty", 1e-300),
+                       ("repetition_penalty", 1000), ("top_k", 2**31), ("seed", 2**64), ("seed", -(2**63) - 1),
+                       ("seed", 10**3999), ("n", 129), ("max_tokens", 32769), ("stop", ["x"] * 65)]:
+        error = check_error(chat(client, **{key: value}), 400, key)
+        assert len(error["message"]) < 200, error
+    for key, value in [("temperature", 1e-5), ("temperature", 100), ("repetition_penalty", 0.01),
+                       ("repetition_penalty", 100), ("seed", 2**64 - 1), ("seed", -(2**63)), ("top_k", 2**31 - 1)]:
+        check_completion(chat(client, max_tokens=3, **{key: value}), "tiny")
+
+
+def test_hostile_bodies_are_400(client):
+    def post(text: str):
+        return client.post("/chat/completions", content=text.encode("utf-8"),
+                           headers={"content-type": "application/json"})
+
+    hello = '"messages": [{"role": "user", "content": "hi"}]'
+    digits = post('{"model": "tiny", %s, "seed": %s}' % (hello, "9" * 5000))
+    assert "too many digits" in check_error(digits, 400)["message"]
+    assert "nested too deeply" in check_error(post("[" * 200_000 + "]" * 200_000), 400)["message"]
+    check_error(post('{"model": "tiny", "messages": [{"role": "user", "content": "\\ud800"}]}'), 400, "messages")
+    check_error(post('{"model": "\\ud800", %s}' % hello), 400, "model")
+    check_error(post('{"model": "tiny", "messages": [{"role": "\\udfff", "content": "hi"}]}'), 400, "messages")
+    big = check_error(chat(client, messages=[{"role": "user", "content": "x" * (1 << 20)}]), 400, "messages")
+    assert big["code"] == "prompt_too_large" and "1048576" in big["message"]
+    many = check_error(chat(client, messages=[{"role": "user", "content": ""}] * 4097), 400, "messages")
+    assert many["code"] == "too_many_messages"
+    unknown = check_error(chat(client, "m" * 10_000), 404, "model")
+    assert len(unknown["message"]) < 200
+
+
+def _exchange(port: int, data: bytes, shut_write: bool = False) -> tuple[bytes, dict | None]:
+    """(status line, JSON body) the server answers to raw bytes; read until it closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(data)
+        if shut_write:
+            sock.shutdown(socket.SHUT_WR)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert b"content-type: application/json" in head.lower(), reply[:300]
+    return head.split(b"\r\n")[0], json.loads(body) if body else None
+
+
+POST_HEAD = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+MALFORMED = [  # (raw request, status): none gets an HTML page or a 5xx
+    (b"garbage\r\n\r\n", 400),
+    (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 tls hello\r\n\r\n", 400),
+    (b"GET / HTTP/2.0\r\n\r\n", 400),
+    (b"GET /health\r\n\r\n", 400),  # HTTP/0.9
+    (b"GET /health HTTP/1.1 extra\r\n\r\n", 400),
+    (b"G" * 70_000 + b"\r\n\r\n", 414),
+    (b"GET /health HTTP/1.1\r\n" + b"X: y\r\n" * 120 + b"\r\n", 431),
+    (b"GET /health HTTP/1.1\r\nX: " + b"y" * 70_000 + b"\r\n\r\n", 431),
+    (POST_HEAD + b"Content-Length: -5\r\n\r\n", 400),
+    (POST_HEAD + b"Content-Length: 1e3\r\n\r\n", 400),
+    (POST_HEAD + b"Content-Length: " + b"9" * 30 + b"\r\n\r\n", 400),
+    (POST_HEAD + b"\r\n", 411),
+    (POST_HEAD + b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 411),
+]
+
+
+@pytest.mark.parametrize("raw,status", MALFORMED, ids=[repr(r[:24]) for r, _ in MALFORMED])
+def test_malformed_http_is_answered_in_json(server, raw, status):
+    line, body = _exchange(server.port, raw)
+    assert line.startswith(b"HTTP/1.1 %d " % status), line
+    assert body is not None and set(body["error"]) == {"message", "type", "param", "code"}
+    assert len(body["error"]["message"]) <= 300
+
+
+def test_a_body_shorter_than_its_content_length_is_400(server):
+    line, body = _exchange(server.port, POST_HEAD + b"Content-Length: 100\r\n\r\n{\"model\"", shut_write=True)
+    assert line.startswith(b"HTTP/1.1 400 ") and "ended after 8 of its 100 bytes" in body["error"]["message"]
+
+
+def test_every_method_is_answered_in_json(client, server):
+    root = str(client.base_url).replace("/v1", "")
+    for path in ("/health", "/v1/models", "/stats"):
+        head = client.head(root + path)
+        assert head.status_code == 200 and head.headers["content-type"] == "application/json"
+        assert head.content == b"" and int(head.headers["content-length"]) > 0
+    head = client.head("/chat/completions")
+    assert head.status_code == 405 and head.headers["allow"] == "POST" and head.content == b""
+    for method in ("OPTIONS", "PUT", "DELETE", "PATCH", "TRACE", "BREW"):
+        check_error(client.request(method, "/chat/completions"), 405)
+        assert check_error(client.request(method, root + "/health"), 405)["code"] == "method_not_allowed"
+        check_error(client.request(method, "/nowhere"), 404)
+    line, body = _exchange(server.port, b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n"
+                                        b"Connection: close\r\n\r\n")
+    assert line.startswith(b"HTTP/1.1 404 ") and body["error"]["code"] == "not_found"
+    stats = client.get(root + "/stats").json()
+    assert {"generated_tokens", "cancelled", "cancelled_tokens", "halted", "generate_calls"} <= set(stats)
+
+
+def test_a_request_whose_client_leaves_is_cut_between_steps(server):
+    """RowStop asks the job between steps; once its client is gone the row ends, unanswered."""
+    from rlvf.generation import Job
+    from rlvf.protocol import SamplingParams
+
+    hf, polls = server.app.hf, []
+
+    def gone():
+        polls.append(time.monotonic())
+        return len(polls) > 3
+
+    job = Job("tiny", hf.encode(HELLO), SamplingParams(temperature=0), 1000, Future(), gone)
+    [completion] = hf.generate([job])
+    choice = completion.choices[0]
+    assert choice.finish_reason == "cancelled" and choice.text == "" and 0 < choice.tokens < 1000
+    assert job.stop_reason == "client_gone" and len(polls) == 4
+
+
+def test_batcher_drops_jobs_whose_client_left_and_counts_them():
+    from rlvf.generation import Batcher, Job
+    from rlvf.protocol import ApiError, Choice, Completion, SamplingParams
+
+    seen = []
+
+    def run(jobs):
+        seen.extend(job.prompt_ids[0] for job in jobs)
+        return [Completion(1, [Choice("x", "length", 5)]) for _ in jobs]
+
+    batcher = Batcher(run, max_batch_size=8, wait_s=0.2)
+    left = Job("m", [1], SamplingParams(), 5, Future(), client_gone=lambda: True)
+    stays = Job("m", [2], SamplingParams(), 5, Future())
+    batcher.submit(left)
+    batcher.submit(stays)
+    assert stays.future.result(10).choices[0].text == "x"
+    with pytest.raises(ApiError) as err:
+        left.future.result(10)
+    assert err.value.status == 499 and seen == [2]
+    stats = batcher.stats()
+    assert (stats["cancelled"], stats["generated_tokens"], stats["cancelled_tokens"]) == (1, 5, 0)
+    batcher.close()
 
 
 def test_huge_body_is_413(server):
@@ -472,7 +618,7 @@ def test_binds_loopback_by_default_and_closes_cleanly(model_dir):
     while not server.app.batcher.running and time.monotonic() < deadline:
         time.sleep(0.01)
     start = time.monotonic()
-    server.close()  # the running batch finishes and is answered
+    server.close(grace_s=30)  # the running batch finishes and is answered
     thread.join(30)
     assert time.monotonic() - start < 10
     check_completion(result["resp"], model_dir.name)
@@ -505,24 +651,63 @@ def _read_ready_line(proc, timeout: float) -> str:
     return found["line"]
 
 
-def test_cli_serves_and_exits_0_on_sigterm(model_dir):
+def _raw_post(port: int, body: dict) -> socket.socket:
+    """A socket that has sent ``body`` to /v1/chat/completions (Connection: close)."""
+    data = json.dumps(body).encode()
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(data), data))
+    return sock
+
+
+def _read_answer(sock: socket.socket) -> tuple[int, dict]:
+    reply = b""
+    while chunk := sock.recv(65536):
+        reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), json.loads(body)
+
+
+def test_cli_serves_and_exits_0_promptly_on_sigterm_with_work_in_flight(model_dir):
+    """Long generations in flight, most of them abandoned by their clients, one still awaited: on
+    SIGTERM the process exits 0 within 5 s (the default 2 s grace, then the awaited one gets 503)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "rlvf.serve", "--model", str(model_dir), "--port", "0", "--teacher",
          "--served-model-name", "tiny", "--device", "cpu"],
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
     )
+    socks = []
     try:
-        line = _read_ready_line(proc, 60)
-        match = re.fullmatch(r"serving tiny, tinyworld-teacher at (http://127\.0\.0\.1:\d+/v1)", line)
+        line = _read_ready_line(proc, 120)
+        match = re.fullmatch(r"serving tiny, tinyworld-teacher at (http://127\.0\.0\.1:(\d+)/v1)", line)
         assert match, line
         resp = httpx.post(f"{match[1]}/chat/completions", timeout=30,
                           json={"model": "tiny", "messages": HELLO, "temperature": 0, "max_tokens": 4})
         check_completion(resp, "tiny")
+        socks = [_raw_post(int(match[2]), {"model": "tiny", "max_tokens": 3000, "temperature": 0, "messages": [
+            {"role": "user", "content": f"a long answer please, number {i}"}]}) for i in range(6)]
+        stats_url = match[1].replace("/v1", "/stats")
+        deadline = time.monotonic() + 60
+        while httpx.get(stats_url, timeout=10).json()["running"] == 0:
+            assert time.monotonic() < deadline, "the long requests never started"
+            time.sleep(0.05)
+        for sock in socks[1:]:
+            sock.close()  # abandoned
+        start = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 0
+        code = proc.wait(timeout=30)
+        took = time.monotonic() - start
+        status, body = _read_answer(socks[0])
+        stderr = proc.stderr.read()
     finally:
+        for sock in socks:
+            sock.close()
         if proc.poll() is None:
             proc.kill()
+    print(f"\nSIGTERM with 6 long generations in flight (5 abandoned): exit {code} after {took:.2f} s")
+    assert code == 0 and took < 5.0
+    assert status == 503 and body["error"]["code"] == "shutting_down"
+    assert "Traceback" not in stderr
 
 
 def test_cli_bad_lora_path_is_one_line_exit_2(model_dir, tmp_path):
