@@ -31,7 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from rlvf import evaluate, sample  # noqa: E402
+import rlvf.eval as evaluation  # noqa: E402
+from rlvf import sample  # noqa: E402
 from rlvf.config import load_config  # noqa: E402
 from rlvf.feedback import FEEDBACK_DIR  # noqa: E402
 from rlvf.pipeline import local_endpoints  # noqa: E402
@@ -94,7 +95,7 @@ def run_feedback(name: str, methods: list[str], work: Path, cmd: str, sets: list
         else:
             cfg = load_config(CONFIG, overrides + [f"eval.methods=[{method}]"], PipelineConfig)
         with local_endpoints(cfg, out / "adapter" if method in TRAINED else None) as (teacher, student):
-            result = evaluate.run(cfg, student, teacher, adapter_model="adapter", progress=False)
+            result = evaluation.run(cfg, student, teacher, adapter_model="adapter", progress=False)
         scores = next(iter(result[name].values()))["scores"]
         m, t = cfg.method, cfg.train
         settings = {"beta": m.beta, "loss_type": m.loss_type, "constraint": m.constraint,

@@ -2,7 +2,7 @@
 
     python bench/train_step.py        # Llama-shaped, 4 layers, H 512, V 32,000; 4 pairs × 512 tokens; fp32 CPU
 
-The model is a random ``LlamaForCausalLM`` (built like rlvf/tiny.py, same seed in every process);
+The model is a random ``LlamaForCausalLM`` (built like rlvf/random_llama.py, same seed in every process);
 LoRA r 64, α 128, dropout 0.05 on every linear layer but lm_head (the paper's defaults) in both.
 Each sequence is 128 prompt + 384 completion tokens (the last one EOS), no padding; both
 trainers see exactly the same token ids (TRL's tokenized dataset is checked against them).

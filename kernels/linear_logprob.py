@@ -18,7 +18,7 @@ The chunked autograd.Functions walk over N in chunks of ``chunk_size`` rows. For
 (hidden, weight, targets) and one fp32 logsumexp per row, O(N); backward recomputes each chunk's
 logits, so peak extra memory is O(chunk_size · V) instead of the O(N · V) that ``hidden @ W.T``
 followed by autograd would keep. The ``naive_*`` functions are the references the tests compare
-against. A Triton kernel is to sit beside each Function here with the same signature.
+against. The Triton kernels of linear_logprob_triton.py take the same arguments.
 
 Dtypes follow Hugging Face: the matmul runs in the input dtype and its result is upcast to fp32
 before softcap / softmax (fp64 inputs stay fp64, so torch.autograd.gradcheck applies); outputs

@@ -1,5 +1,226 @@
-"""``python -m rlvf.eval --config X.yaml``: the evaluation stage (implemented in rlvf.evaluate)."""
-from rlvf.evaluate import main
+"""``python -m rlvf.eval --config X.yaml`` — adherence in scope and unwanted change out of scope.
+
+Scores as in the paper (Stephan et al. 2024, §5): for each held-out prompt, a method's response is
+compared with the baseline response of the untrained model,
+
+    h = +1  only the new response follows the feedback,   0  both or neither,   −1  only the baseline does
+
+— by the feedback's metric for quantitative feedback, by the teacher's 1–5 judge verdict mapped to
+[−1, 1] ((v − 3)/2) for qualitative feedback. Then
+
+    S_in = mean h (in scope)      S_near = mean |h| (near scope)      S_general = mean |h| (out of scope)
+    S_out = mean |h| over near and out of scope together      S_overall = (S_in + 1 − S_out) / 2
+
+Methods: ``adapter`` (a trained or mixed adapter, served), ``base`` (the untrained model), the
+``in_context`` / ``cot`` baseline responses and the teacher's ``revised`` responses written by
+rlvf.sample. Writes results.json, report.md and chart.png to ``eval.out_dir``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from rlvf import prompts as P
+from rlvf.client import ChatClient, ChatRequest, EndpointConfig
+from rlvf.config import load_config
+from rlvf.data import SCOPES, read_rows, scope_file
+from rlvf.errors import UserError, exit_on_user_error
+from rlvf.feedback import Feedback, load_feedbacks
+from rlvf.pipeline_config import PipelineConfig
+
+SCORE_KEYS = ("S_in", "S_near", "S_general", "S_out", "S_overall")
+
+
+def h_metric(fb: Feedback, new: str, baseline: str) -> float:
+    """h from the feedback's metric: follows(new) − follows(baseline), each judged against the other."""
+    return float(fb.follows(new, baseline)) - float(fb.follows(baseline, new))
+
+
+def scores(h: dict[str, list[float]]) -> dict[str, float | None]:
+    """The paper's scores from per-prompt h values by scope (None where a scope has no prompts)."""
+    mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
+    out_all = [abs(x) for x in h.get("near_scope", []) + h.get("out_of_scope", [])]
+    s = {"S_in": mean(h.get("in_scope", [])), "S_near": mean([abs(x) for x in h.get("near_scope", [])]),
+         "S_general": mean([abs(x) for x in h.get("out_of_scope", [])]), "S_out": mean(out_all)}
+    s["S_overall"] = None if s["S_in"] is None or s["S_out"] is None else (s["S_in"] + 1 - s["S_out"]) / 2
+    return s
+
+
+class Scorer:
+    """Per-prompt h for one feedback: metric for quantitative feedback, teacher judge otherwise."""
+
+    def __init__(self, fb: Feedback, teacher: ChatClient | None, sampling):
+        self.fb, self.teacher, self.sampling = fb, teacher, sampling
+        if fb.type == "qualitative" and teacher is None:
+            raise UserError(f"{fb.source}: qualitative feedback is scored by the teacher's judge; configure teacher")
+
+    def h(self, rows: list[dict], responses: list[str]) -> list[float]:
+        if self.fb.type == "quantitative":
+            return [h_metric(self.fb, new, row["baseline"]) for row, new in zip(rows, responses)]
+        requests = [ChatRequest(str(i), P.judge_request(self.fb.content, row["prompt"], row["baseline"], new), self.sampling)
+                    for i, (row, new) in enumerate(zip(rows, responses)) if new != row["baseline"]]
+        verdicts = self._ask(requests, P.parse_verdict, "judge")
+        return [0.0 if new == row["baseline"] else P.verdict_to_h(verdicts[str(i)])
+                for i, (row, new) in enumerate(zip(rows, responses))]
+
+    def quality_scores(self, rows: list[dict], responses: list[str]) -> list[int]:
+        requests = [ChatRequest(str(i), P.quality_request(row["prompt"], new), self.sampling)
+                    for i, (row, new) in enumerate(zip(rows, responses))]
+        got = self._ask(requests, P.parse_quality, "quality")
+        return [got[str(i)] for i in range(len(rows))]
+
+    def _ask(self, requests: list[ChatRequest], parse, what: str) -> dict:
+        results, failures = self.teacher.run(requests, desc=f"{self.fb.name}: {what}")
+        if failures:
+            raise UserError(f"{len(failures)} {what} requests to the teacher failed ({failures[0].error}); "
+                            "re-run to retry them (completed ones are cached)")
+        try:
+            return {r.key: parse(r.texts[0]) for r in results}
+        except P.ParseError as err:
+            raise UserError(f"the teacher's {what} reply did not parse ({err}); check the teacher model") from None
+
+
+def test_rows(data_dir: str | Path) -> dict[str, list[dict]]:
+    """{scope: rows of <scope>_test.jsonl}; each row needs a baseline response."""
+    return {scope: read_rows(scope_file(data_dir, scope, "test"), ("baseline",)) for scope in SCOPES}
+
+
+def responses_for(method: str, rows: dict[str, list[dict]], student: ChatClient | None, model: str | None,
+                  sampling, fb: Feedback) -> dict[str, list[str]]:
+    """The method's response to every test prompt, by scope."""
+    if method in ("in_context", "cot", "revised"):
+        out = {}
+        for scope, part in rows.items():
+            missing = [r["id"] for r in part if method not in r]
+            if missing:
+                raise UserError(f"{fb.name}: test row {missing[0]!r} ({scope}) has no '{method}' response; "
+                                f"run rlvf.sample with it in sample.baselines")
+            out[scope] = [r[method] for r in part]
+        return out
+    if student is None:
+        raise UserError(f"eval.methods: {method!r} needs a student endpoint (student or serve.student)")
+    endpoint = replace(student.endpoint, model=model)
+    client = ChatClient(endpoint, cache_dir=student.cache.root if student.cache else None, progress=student.progress)
+    flat = [(scope, i, r) for scope, part in rows.items() for i, r in enumerate(part)]
+    requests = [ChatRequest(f"{scope}/{i}", [{"role": "user", "content": r["prompt"]}], sampling) for scope, i, r in flat]
+    results, failures = client.run(requests, desc=f"{fb.name}: {method} responses")
+    if failures:
+        raise UserError(f"{len(failures)} requests to {model!r} failed ({failures[0].error}); re-run to retry them")
+    by_key = {r.key: r.texts[0].strip() for r in results}
+    return {scope: [by_key[f"{scope}/{i}"] for i in range(len(part))] for scope, part in rows.items()}
+
+
+def evaluate_feedback(fb: Feedback, data_dir: str | Path, methods: dict[str, str | None], cfg: PipelineConfig,
+                      student: ChatClient | None, teacher: ChatClient | None) -> dict:
+    """{method: {"scores", "h", "responses"[, "quality"]}} for one feedback. ``methods`` maps a
+    method name to the served model name that answers for it (None for stored responses)."""
+    rows = test_rows(data_dir)
+    scorer = Scorer(fb, teacher, cfg.sample.teacher_sampling)
+    out = {}
+    for method, model in methods.items():
+        responses = responses_for(method.split(":")[0], rows, student, model, cfg.eval.sampling, fb)
+        h = {scope: scorer.h(rows[scope], responses[scope]) for scope in SCOPES}
+        entry = {"scores": scores(h), "h": h, "responses": responses}
+        if cfg.eval.judge_quality and teacher is not None:
+            q = [x for scope in SCOPES for x in scorer.quality_scores(rows[scope], responses[scope])]
+            entry["quality"] = sum(q) / len(q)
+        out[method] = entry
+    return out
+
+
+# ----------------------------------------------------------------------------- reports
+
+
+def table(results: dict[str, dict[str, dict]]) -> str:
+    """Markdown table of the scores: one row per feedback × method, plus the mean per method."""
+    fmt = lambda v: "—" if v is None else f"{v:.3f}"  # noqa: E731
+    lines = ["| feedback | method | " + " | ".join(SCORE_KEYS) + " |", "|---|---|" + "---:|" * len(SCORE_KEYS)]
+    methods = list(dict.fromkeys(m for per in results.values() for m in per))
+    for fb_name, per in results.items():
+        for method, entry in per.items():
+            lines.append(f"| {fb_name} | {method} | " + " | ".join(fmt(entry["scores"][k]) for k in SCORE_KEYS) + " |")
+    if len(results) > 1:
+        for method in methods:
+            vals = [per[method]["scores"] for per in results.values() if method in per]
+            mean = {k: _mean([v[k] for v in vals if v[k] is not None]) for k in SCORE_KEYS}
+            lines.append(f"| **mean** | {method} | " + " | ".join(fmt(mean[k]) for k in SCORE_KEYS) + " |")
+    return "\n".join(lines)
+
+
+def _mean(xs):
+    return sum(xs) / len(xs) if xs else None
+
+
+def chart(results: dict[str, dict[str, dict]], path: Path) -> None:
+    """Grouped bar chart of the mean scores per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = list(dict.fromkeys(m for per in results.values() for m in per))
+    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(methods), 3.6), dpi=120)
+    width = 0.8 / len(SCORE_KEYS)
+    for k, key in enumerate(SCORE_KEYS):
+        vals = [_mean([per[m]["scores"][key] for per in results.values()
+                       if m in per and per[m]["scores"][key] is not None]) or 0.0 for m in methods]
+        ax.bar([i + (k - (len(SCORE_KEYS) - 1) / 2) * width for i in range(len(methods))], vals, width, label=key)
+    ax.set_xticks(range(len(methods)), methods)
+    ax.axhline(0, color="black", linewidth=0.6)
+    ax.set_ylim(-1, 1)
+    ax.set_title("C3PO evaluation (mean over feedbacks)")
+    ax.legend(fontsize=7, ncol=len(SCORE_KEYS), loc="lower center", bbox_to_anchor=(0.5, 1.08))
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_reports(results: dict[str, dict[str, dict]], out_dir: Path) -> str:
+    """results.json, report.md and chart.png; returns the Markdown table."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    md = table(results)
+    (out_dir / "report.md").write_text(
+        "# Evaluation\n\nS_in: adherence in scope (mean h); S_near / S_general: change on near-scope / "
+        "general out-of-scope prompts (mean |h|); S_out: both together; S_overall = (S_in + 1 − S_out)/2.\n\n"
+        f"{md}\n\n![scores](chart.png)\n", encoding="utf-8")
+    chart(results, out_dir / "chart.png")
+    return md
+
+
+def run(cfg: PipelineConfig, student_ep: EndpointConfig | None, teacher_ep: EndpointConfig | None,
+        adapter_model: str | None = "adapter", base_model: str | None = None, progress: bool = True) -> dict:
+    """Evaluate ``cfg.eval.methods`` on every feedback's test data; writes and returns the results."""
+    feedbacks = load_feedbacks(cfg.feedback)
+    out_dir = Path(cfg.eval.out_dir or Path(cfg.output_dir) / "eval")
+    cache = out_dir / ".cache"
+    student = ChatClient(student_ep, cache_dir=cache, progress=progress) if student_ep else None
+    teacher = ChatClient(teacher_ep, cache_dir=cache, progress=progress) if teacher_ep else None
+    base_model = base_model or (student_ep.model if student_ep else None)
+    served = {"adapter": adapter_model, "base": base_model}
+    methods = {m: served.get(m) for m in cfg.eval.methods}
+    results = {fb.name: evaluate_feedback(fb, d, methods, cfg, student, teacher)
+               for fb, d in zip(feedbacks, cfg.data.dirs)}
+    print(write_reports(results, out_dir))
+    print(f"wrote {out_dir}/results.json, report.md, chart.png", file=sys.stderr)
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m rlvf.eval", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--adapter-model", default="adapter",
+                        help="served model name of the adapter to evaluate (vLLM --lora-modules NAME=…)")
+    args = parser.parse_args(argv)
+    with exit_on_user_error():
+        cfg = load_config(args.config, args.overrides, PipelineConfig)
+        run(cfg, cfg.student, cfg.teacher, adapter_model=args.adapter_model)
+
 
 if __name__ == "__main__":
     main()

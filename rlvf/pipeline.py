@@ -26,7 +26,8 @@ import sys
 import time
 from pathlib import Path
 
-from rlvf import __version__, evaluate, sample
+import rlvf.eval as evaluation
+from rlvf import __version__, sample
 from rlvf.client import EndpointConfig
 from rlvf.config import load_config
 from rlvf.errors import UserError, exit_on_user_error
@@ -100,7 +101,7 @@ def run(cfg: PipelineConfig, stages: list[str], where: str, resume: bool = False
         if "adapter" in cfg.eval.methods and not (adapter / "adapter_config.json").is_file():
             raise UserError(f"eval.adapter: no adapter at {adapter}; run the train stage first")
         with local_endpoints(cfg, adapter if "adapter" in cfg.eval.methods else None) as (teacher, student):
-            results = evaluate.run(cfg, student, teacher, adapter_model=ADAPTER_NAME)
+            results = evaluation.run(cfg, student, teacher, adapter_model=ADAPTER_NAME)
     print(f"pipeline finished in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     return results
 

@@ -88,7 +88,7 @@ def _never() -> bool:
 
 
 # ----------------------------------------------------------------------------------------------
-# Backend 2: the offline teacher
+# The offline teacher backend
 
 
 class TeacherBackend:

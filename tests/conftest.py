@@ -24,7 +24,7 @@ _use_triton_interpreter_without_gpu()
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """Path of a tiny random Llama (config.json, model.safetensors, tokenizer with chat template)."""
-    from rlvf.tiny import build_tiny_model
+    from rlvf.random_llama import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"), seed=0)
 

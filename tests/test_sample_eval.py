@@ -11,7 +11,7 @@ import yaml
 
 from rlvf.config import load_config
 from rlvf.data import SCOPES, read_rows, scope_file
-from rlvf.evaluate import h_metric, scores, table, write_reports
+from rlvf.eval import h_metric, scores, table, write_reports
 from rlvf.feedback import load_feedbacks
 from rlvf.pipeline_config import PipelineConfig
 from rlvf.sample import cot_answer, split
@@ -164,7 +164,7 @@ def test_general_prompt_sources(tmp_path):
 
 def test_qualitative_feedback_is_scored_by_the_teachers_judge():
     from rlvf.client import ChatClient, EndpointConfig, Sampling
-    from rlvf.evaluate import Scorer
+    from rlvf.eval import Scorer
     from rlvf.edits import apply_edit
     from rlvf.serve import start_server
 

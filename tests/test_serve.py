@@ -43,7 +43,7 @@ PROMPTS = [  # different lengths, so a batch of them is left-padded
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from rlvf.tiny import build_tiny_model
+    from rlvf.random_llama import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("serve-tiny"), seed=0)
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from rlvf.data import collate, encode_row
-from rlvf.tiny import build_tokenizer
+from rlvf.random_llama import build_tokenizer
 from rlvf.tinyworld import styles, world
 
 MODEL_DIR = Path(__file__).resolve().parent / "model"

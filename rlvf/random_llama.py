@@ -1,10 +1,11 @@
 """A tiny random Llama-architecture model and BPE tokenizer, written as a real HF model directory.
 
-Used by the tests and by the demo until the project's own pretrained small model exists: the
-directory is loaded through the same ``AutoModelForCausalLM`` / ``AutoTokenizer`` code path as any
-Hugging Face model. The weights are random, so the model is for exercising code, not for quality.
+Used by the tests (and ``build_tokenizer`` by rlvf/tinyworld/build.py, which trains the shipped
+model): the directory is loaded through the same ``AutoModelForCausalLM`` / ``AutoTokenizer`` code
+path as any Hugging Face model. The weights are random, so the model is for exercising code, not
+for quality.
 
-    python -m rlvf.tiny --out runs/tiny-llama [--seed 0] [--corpus data/demo/*.jsonl]
+    python -m rlvf.random_llama --out runs/tiny-llama [--seed 0] [--corpus configs/data/maddie-heart/*.jsonl]
 """
 from __future__ import annotations
 
