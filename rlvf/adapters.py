@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     with exit_on_user_error():
         if args.command == "mix":
-            from rlvf.lora import mix_adapters
+            from rlvf.peft_format import mix_adapters
 
             adapters = [_weighted(a) for a in args.adapter]
             check_out(args.out, args.overwrite, [("--adapter", p) for p, _ in adapters])
@@ -92,8 +92,8 @@ def main(argv: list[str] | None = None) -> None:
 def _export(args: argparse.Namespace) -> Path:
     import torch
 
-    from rlvf.lora import export_merged, load_adapter
     from rlvf.modeling import DTYPES, load_model, load_tokenizer
+    from rlvf.peft_format import export_merged, load_adapter
 
     check_out(args.out, args.overwrite, [("--model", args.model), ("--adapter", args.adapter)])
     dtype = torch.float32 if args.dtype == "auto" else DTYPES[args.dtype]

@@ -1,4 +1,4 @@
-"""Files written under a temporary name and renamed into place, with the permissions ``open()`` gives.
+"""Files and folders written under a temporary name and renamed into place, with the modes ``open()`` gives.
 
 A file created with ``tempfile.mkstemp`` (and so by ``safetensors.torch.save_file``, which writes
 through one) is mode 0600, and ``tempfile.mkdtemp`` makes 0700 directories: renamed into place, an
@@ -10,17 +10,25 @@ renamed into place:
     save_file(tensors, str(tmp))
     publish_file(tmp, path)        # chmod by the umask, fsync, os.replace
 
+A folder (an adapter, a merged model) is written whole into a temporary directory beside its target
+and swapped in (``write_dir_atomic``), keeping the user's other files if asked.
+
 No torch import; safe to call from any thread (the umask is read without changing it where the
 platform allows, see ``umask``).
 """
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+import uuid
 from pathlib import Path
+from typing import Callable
+
+from rlvf.errors import UserError
 
 __all__ = ["umask", "default_mode", "honour_umask", "honour_umask_tree", "publish_file", "write_bytes_atomic",
-           "write_text_atomic"]
+           "write_text_atomic", "write_dir_atomic"]
 
 
 def umask() -> int:
@@ -94,3 +102,65 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
 def write_text_atomic(path: str | Path, text: str) -> None:
     """``write_bytes_atomic`` of ``text`` in UTF-8."""
     write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_dir_atomic(out_dir: str | Path, write: Callable[[Path], None],
+                     keep: Callable[[str], bool] | None = None) -> Path:
+    """Run ``write(tmp)`` on a fresh temp dir beside ``out_dir``, then swap it in for ``out_dir``.
+
+    What ``write`` made gets the modes the umask gives (0644/0755 with umask 022, not mkstemp's
+    0600), so a server running as another user can read it. An existing ``out_dir`` is replaced
+    only after the new folder is complete, so a crash leaves either the old folder or the new one,
+    never half of one. Without ``keep`` the old folder is replaced whole; with it, every entry of
+    the old folder that ``write`` did not produce and ``keep(name)`` accepts is carried over
+    (hard-linked, or copied where links are impossible) before the swap, so it is never lost.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        write(tmp)
+        honour_umask_tree(tmp)  # before the carried-over files join: their modes stay theirs
+        if keep is not None and out.is_dir():
+            _carry_over(out, tmp, keep)
+        _swap_in(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except OSError:
+        shutil.copy2(src, dst, follow_symlinks=False)
+
+
+def _carry_over(old: Path, new: Path, keep: Callable[[str], bool]) -> None:
+    """Hard-link (or copy) into ``new`` each entry of ``old`` that ``new`` lacks and ``keep`` accepts."""
+    for entry in sorted(old.iterdir()):
+        target = new / entry.name
+        if target.exists() or target.is_symlink() or not keep(entry.name):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.copytree(entry, target, symlinks=True, copy_function=_link_or_copy)
+        else:
+            _link_or_copy(str(entry), str(target))
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    """Rename the finished ``tmp`` to ``out``; an existing ``out`` goes only once ``tmp`` is in place."""
+    if not out.exists():
+        tmp.rename(out)
+        return
+    old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+    out.rename(old)
+    try:
+        tmp.rename(out)
+    except BaseException:
+        old.rename(out)  # put the previous folder back
+        raise
+    shutil.rmtree(old)

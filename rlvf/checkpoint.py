@@ -32,10 +32,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from rlvf import distributed as D
+from rlvf.atomic import write_text_atomic
 from rlvf.errors import UserError
-from rlvf.lora import lora_state_dict, save_adapter
-
-PEFT_PREFIX = "base_model.model."
+from rlvf.lora import lora_state_dict
+from rlvf.peft_format import PEFT_PREFIX, save_adapter
 
 
 def _fsync_tree(path: Path) -> None:
@@ -51,15 +51,6 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 @contextlib.contextmanager

@@ -54,7 +54,6 @@ import os
 import random
 import socket
 import sys
-import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -65,7 +64,7 @@ from urllib.parse import urlparse
 import httpx
 from tqdm import tqdm
 
-from rlvf.atomic import publish_file
+from rlvf.atomic import write_text_atomic
 from rlvf.config import REQUIRED
 from rlvf.errors import UserError
 
@@ -445,10 +444,7 @@ class ResponseCache:
         path = self.path(key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key[:12]}-", suffix=".tmp")
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(entry, f, ensure_ascii=False)
-            publish_file(tmp, path)  # the umask's mode, not mkstemp's 0600
+            write_text_atomic(path, json.dumps(entry, ensure_ascii=False))  # the umask's mode, not 0600
         except OSError as err:
             raise UserError(f"{self.root}: cannot write the response cache ({err})") from None
 

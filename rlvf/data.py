@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 
 from rlvf.errors import UserError
+from rlvf.kernels import IGNORE_INDEX
 
 SCOPES = ("in_scope", "near_scope", "out_of_scope")
-IGNORE_INDEX = -100
 
 
 def scope_file(data_dir: str | Path, scope: str, split: str = "train") -> Path:

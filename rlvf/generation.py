@@ -184,10 +184,10 @@ class _Adapter:
 
 
 def _read_adapter(model, path: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """An adapter folder checked against ``model`` with rlvf.lora's checks; scaling folded into A."""
-    from rlvf import lora
+    """An adapter folder checked against ``model`` with rlvf.peft_format's checks; scaling folded into A."""
+    from rlvf.peft_format import read_adapter
 
-    _, modules = lora.read_adapter(model, path)
+    _, modules = read_adapter(model, path)
     return {m.path: (m.scaling * m.lora_A.float(), m.lora_B.float()) for m in modules}
 
 

@@ -45,12 +45,6 @@ class SequenceLogps:
         """Length-normalised log-prob, logps / n_tokens (0 for a sequence with no scored token): (B,)."""
         return self.logps / self.n_tokens.clamp(min=1)
 
-    def split(self, sizes: int | list[int]) -> tuple["SequenceLogps", ...]:
-        """Split along the batch, e.g. a concatenated chosen+rejected forward: ``split(B // 2)``."""
-        return tuple(
-            SequenceLogps(lp, n) for lp, n in zip(self.logps.split(sizes), self.n_tokens.split(sizes))
-        )
-
 
 @dataclass
 class SequenceKL:
@@ -58,11 +52,6 @@ class SequenceKL:
 
     kl: torch.Tensor  # (B,) fp32
     n_tokens: torch.Tensor  # (B,) long
-
-    @property
-    def per_token(self) -> torch.Tensor:
-        """KL averaged over the scored tokens: (B,)."""
-        return self.kl / self.n_tokens.clamp(min=1)
 
 
 @dataclass(frozen=True)

@@ -26,22 +26,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
 from rlvf import checkpoint as ckpt
 from rlvf import distributed as D
-from rlvf.atomic import publish_file
+from rlvf.atomic import write_bytes_atomic, write_text_atomic
 from rlvf.batches import (MicroBatch, Streams, build_streams, load_rows, micro_batch, optimizer_steps,
                           shard_micro_batch, split_rows)
 from rlvf.config import Config, describe, expand_sweep, load_config, read_yaml, save_config, to_dict
 from rlvf.data import Encoded, collate
 from rlvf.errors import UserError, exit_on_user_error
 from rlvf.logprobs import SequenceLogps, backbone_hidden, sequence_logprobs, sequence_method_loss
-from rlvf.lora import disable_adapters, inject_lora, load_adapter, save_adapter, trainable_parameters
+from rlvf.lora import disable_adapters, inject_lora, trainable_parameters
 from rlvf.methods import METHODS, summary
 from rlvf.objective import Layout
 from rlvf.metrics import MetricsWriter, check_reporter
 from rlvf.modeling import load_model, load_tokenizer, pick_device, pick_dtype
+from rlvf.peft_format import load_adapter, save_adapter
 
 # Keys whose change makes a checkpoint meaningless for the resumed run.
 _RESUME_FREE = {"train.stop_at_step", "train.progress", "train.report_to", "train.eval_every",
@@ -164,10 +166,8 @@ def cached_reference(path: Path, model, s: Streams, cfg: Config, pad_id, device,
         return ref
     ref = compute_reference(model, s, cfg, pad_id, device, autocast, world)
     if world.main:
-        tmp = path.with_name(f".{path.name}.tmp")
-        save_file({"chosen": ref.chosen.contiguous(), "rejected": ref.rejected.contiguous()}, str(tmp),
-                  metadata={"fingerprint": fp})
-        publish_file(tmp, path)  # the umask's mode, not save_file's 0600
+        tensors = {"chosen": ref.chosen.contiguous(), "rejected": ref.rejected.contiguous()}
+        write_bytes_atomic(path, safetensors_bytes(tensors, metadata={"fingerprint": fp}))
     return ref
 
 
@@ -240,7 +240,7 @@ def _truncate_metrics(run_dir: Path, step: int) -> None:
     if path.is_file():
         rows = [(l, _parse_row(l)) for l in path.read_text(encoding="utf-8").splitlines()]
         keep = [l for l, row in rows if row is not None and row["step"] <= step]
-        ckpt.write_text_atomic(path, "".join(l + "\n" for l in keep))
+        write_text_atomic(path, "".join(l + "\n" for l in keep))
 
 
 def _parse_row(line: str) -> dict | None:

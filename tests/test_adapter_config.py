@@ -15,7 +15,8 @@ import torch
 
 from rlvf.adapter_config import left_out_by
 from rlvf.errors import UserError
-from rlvf.lora import inject_lora, load_adapter, lora_modules, save_adapter, select_linear_modules
+from rlvf.lora import inject_lora, lora_modules, select_linear_modules
+from rlvf.peft_format import load_adapter, save_adapter
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 PREFIX = "base_model.model."
@@ -224,7 +225,7 @@ def test_mix_keeps_a_narrowed_selection_exact(tiny_model_dir, tmp_path):
     its modules in full, so peft wraps exactly the mixed modules; peft and rlvf agree on the mix."""
     from peft import LoraConfig, get_peft_model
 
-    from rlvf.lora import mix_adapters
+    from rlvf.peft_format import mix_adapters
 
     config = LoraConfig(task_type="CAUSAL_LM", r=2, lora_alpha=4, target_modules=["q_proj"], layers_to_transform=[0])
     peft_model = get_peft_model(_fresh(tiny_model_dir), config)

@@ -9,7 +9,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from rlvf.adapters import main
-from rlvf.lora import inject_lora, load_adapter, lora_modules, save_adapter
+from rlvf.lora import inject_lora, lora_modules
+from rlvf.peft_format import load_adapter, save_adapter
 
 
 @pytest.fixture()

@@ -24,14 +24,15 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from rlvf import adapters, evaluate, pipeline, sample, train
+import rlvf.eval as evaluation
+from rlvf import adapters, pipeline, sample, train
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = Path(__file__).resolve().parent / "bad_inputs"
 TOY = ROOT / "configs" / "data" / "maddie-heart"
 PREFIX = "base_model.model."
 Q0 = "model.layers.0.self_attn.q_proj"
-CLIS = {"train": train.main, "sample": sample.main, "eval": evaluate.main, "pipeline": pipeline.main,
+CLIS = {"train": train.main, "sample": sample.main, "eval": evaluation.main, "pipeline": pipeline.main,
         "adapters": adapters.main}
 
 
@@ -94,7 +95,8 @@ def good_adapter(tiny_model_dir, tmp_path_factory) -> Path:
     """A PEFT adapter for the tiny model: r=2 on q_proj and v_proj, non-zero B."""
     from transformers import AutoModelForCausalLM
 
-    from rlvf.lora import inject_lora, lora_modules, save_adapter
+    from rlvf.lora import inject_lora, lora_modules
+    from rlvf.peft_format import save_adapter
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     inject_lora(model, ["q_proj", "v_proj"], r=2, alpha=4, dropout=0.0, seed=0)

@@ -56,7 +56,8 @@ def test_publish_file_gives_a_safetensors_file_the_umask_mode(tmp_path, mask):
 def test_adapter_mix_and_export_files(tiny_model, tmp_path, mask):
     from transformers import AutoTokenizer
 
-    from rlvf.lora import export_merged, inject_lora, mix_adapters, save_adapter
+    from rlvf.lora import inject_lora
+    from rlvf.peft_format import export_merged, mix_adapters, save_adapter
 
     inject_lora(tiny_model, target_modules=["q_proj"], r=2, alpha=4, seed=0)
     adapter = save_adapter(tiny_model, tmp_path / "adapter")
@@ -68,7 +69,8 @@ def test_adapter_mix_and_export_files(tiny_model, tmp_path, mask):
 
 def test_kept_user_files_keep_their_modes(tiny_model, tmp_path, mask):
     """--overwrite carries the user's files over as they were: their modes are theirs."""
-    from rlvf.lora import inject_lora, mix_adapters, save_adapter
+    from rlvf.lora import inject_lora
+    from rlvf.peft_format import mix_adapters, save_adapter
 
     inject_lora(tiny_model, target_modules=["q_proj"], r=2, alpha=4, seed=0)
     adapter = save_adapter(tiny_model, tmp_path / "adapter")

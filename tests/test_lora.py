@@ -1,4 +1,5 @@
-"""rlvf.lora against hand-written maths and against peft (the oracle for the adapter file format).
+"""rlvf.lora and rlvf.peft_format against hand-written maths and against peft (the oracle for the
+adapter file format).
 
 Expected values:
 - LoRALinear: y = x Wᵀ + b + s · x Aᵀ Bᵀ with s = α/r, or α/√r for rsLoRA (Hu et al. 2021 eq. 3;
@@ -22,17 +23,14 @@ from rlvf.errors import UserError
 from rlvf.lora import (
     LoRALinear,
     disable_adapters,
-    export_merged,
     inject_lora,
-    load_adapter,
     lora_modules,
     lora_state_dict,
     merge_adapters,
-    mix_adapters,
-    save_adapter,
     trainable_parameters,
     unmerge_adapters,
 )
+from rlvf.peft_format import export_merged, load_adapter, mix_adapters, save_adapter
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 PREFIX = "base_model.model."

@@ -1,7 +1,7 @@
 """The OpenAI-compatible server: protocol shape, greedy = model.generate, batching, adapters, teacher, CLI.
 
 The oracle for generation is Hugging Face's own ``model.generate`` (greedy, one prompt, no padding) on
-the same random tiny Llama, and for adapters ``rlvf.lora.load_adapter`` on a fresh copy of it; the
+the same random tiny Llama, and for adapters ``rlvf.peft_format.load_adapter`` on a fresh copy of it; the
 teacher's oracle is ``OfflineTeacher.complete`` called directly.
 """
 from __future__ import annotations
@@ -52,7 +52,8 @@ def _make_adapter(model_dir, out, targets, r, alpha, use_rslora, seed):
     """A LoRA adapter with large random B, so it visibly changes the tiny model's greedy output."""
     from transformers import AutoModelForCausalLM
 
-    from rlvf.lora import inject_lora, lora_modules, save_adapter
+    from rlvf.lora import inject_lora, lora_modules
+    from rlvf.peft_format import save_adapter
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     inject_lora(model, targets, r=r, alpha=alpha, dropout=0.0, use_rslora=use_rslora, seed=seed)
@@ -98,7 +99,7 @@ def direct_greedy(model_dir, tokenizer, messages, max_new_tokens, adapter=None) 
     """(text, generated tokens incl. EOS) from HF generate on a fresh fp32 model, optionally + adapter."""
     from transformers import AutoModelForCausalLM
 
-    from rlvf.lora import load_adapter
+    from rlvf.peft_format import load_adapter
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     if adapter is not None:

@@ -304,8 +304,9 @@ def test_saturation_hint_when_the_revision_is_still_less_likely(tmp_path, tiny_m
 
 def test_training_prints_the_saturation_note(tmp_path, tiny_model_dir, capsys):
     # β 5 saturates the sigmoid within a few steps, long before a heart emoji outweighs the baseline
+    # (the first step's lr is 0: HF's warmup starts there)
     path = make_config(tmp_path, tiny_model_dir, method={"name": "dpo", "beta": 5.0},
-                       train={"max_steps": 6, "eval_every": 6})
+                       train={"max_steps": 8, "eval_every": 8})
     run(path)
     err = capsys.readouterr().err
     assert "note: the DPO term has saturated (validation:" in err, err
