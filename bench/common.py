@@ -234,6 +234,7 @@ def measure(script: str, args, impl: str, device: torch.device, inline: Callable
     """Measurements of one implementation: in process (``inline``), one process (CUDA), or on the
     CPU a timing process and a memory process (module doc), merged."""
     argv = worker_args(args, impl)
+    setup_worker(args)  # the parent labels rows with its thread count (device_name): make it the workers'
     if inline is not None or device.type == "cuda":
         return run_worker(script, argv, inline)
     result = run_worker(script, argv + ["--measure", "time"])

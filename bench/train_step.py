@@ -15,10 +15,11 @@ Implementations, each in a fresh process:
   (adapters disabled) before timing, as rlvf.train caches them.
 - ``trl-dpo``: ``trl.DPOTrainer`` with a ``peft.LoraConfig`` of the same r / α / dropout / targets,
   ``precompute_ref_log_probs=True``, the same lr, clipping, batch and no gradient checkpointing
-  (TRL's default is on; rlvf's is off). Trainer construction and the reference precompute are not
-  timed: ``trainer.train()`` runs warm-up + timed + 1 memory steps, and a TrainerCallback times
-  each step from ``on_step_begin`` (batch already collated) to ``on_step_end`` (after the
-  optimizer step and zero_grad): the same span as rlvf's. Forward = ``trainer.compute_loss``.
+  (both trainers default it on to save memory; this benchmark compares the step without it, in
+  both). Trainer construction and the reference precompute are not timed: ``trainer.train()``
+  runs warm-up + timed + 1 memory steps, and a TrainerCallback times each step from
+  ``on_step_begin`` (batch already collated) to ``on_step_end`` (after the optimizer step and
+  zero_grad): the same span as rlvf's. Forward = ``trainer.compute_loss``.
 - ``rlvf-c3po``: the full C3PO step (4 pairs + 4 near-scope + 4 out-of-scope sequences, SFT
   constraints (token-mean NLL), λ_out 0.2, λ_near 0.1): more tokens per step; shown beside, no target.
 - ``torch.matmul``: the machine's fp32 matmul rate (4096³ on the CPU), measured in the same run,

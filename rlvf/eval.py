@@ -18,7 +18,6 @@ rlvf.sample. Writes results.json, report.md and chart.png to ``eval.out_dir``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -30,8 +29,9 @@ from rlvf.data import SCOPES, read_rows, scope_file
 from rlvf.errors import UserError, exit_on_user_error
 from rlvf.feedback import Feedback, load_feedbacks
 from rlvf.pipeline_config import PipelineConfig
+from rlvf.report import write_reports
 
-SCORE_KEYS = ("S_in", "S_near", "S_general", "S_out", "S_overall")
+TINY_MODEL_DIR = Path(__file__).resolve().parent / "tinyworld" / "model"
 
 
 def h_metric(fb: Feedback, new: str, baseline: str) -> float:
@@ -131,64 +131,20 @@ def evaluate_feedback(fb: Feedback, data_dir: str | Path, methods: dict[str, str
     return out
 
 
-# ----------------------------------------------------------------------------- reports
+def methods_doc(cfg: PipelineConfig) -> dict[str, str]:
+    """What ``adapter`` is in this run, for the report."""
+    return {"adapter": f"the LoRA adapter trained with method {cfg.method.name} ({cfg.output_dir}/adapter), "
+                       "served on the base model"}
 
 
-def table(results: dict[str, dict[str, dict]]) -> str:
-    """Markdown table of the scores: one row per feedback × method, plus the mean per method."""
-    fmt = lambda v: "—" if v is None else f"{v:.3f}"  # noqa: E731
-    lines = ["| feedback | method | " + " | ".join(SCORE_KEYS) + " |", "|---|---|" + "---:|" * len(SCORE_KEYS)]
-    methods = list(dict.fromkeys(m for per in results.values() for m in per))
-    for fb_name, per in results.items():
-        for method, entry in per.items():
-            lines.append(f"| {fb_name} | {method} | " + " | ".join(fmt(entry["scores"][k]) for k in SCORE_KEYS) + " |")
-    if len(results) > 1:
-        for method in methods:
-            vals = [per[method]["scores"] for per in results.values() if method in per]
-            mean = {k: _mean([v[k] for v in vals if v[k] is not None]) for k in SCORE_KEYS}
-            lines.append(f"| **mean** | {method} | " + " | ".join(fmt(mean[k]) for k in SCORE_KEYS) + " |")
-    return "\n".join(lines)
-
-
-def _mean(xs):
-    return sum(xs) / len(xs) if xs else None
-
-
-def chart(results: dict[str, dict[str, dict]], path: Path) -> None:
-    """Grouped bar chart of the mean scores per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    methods = list(dict.fromkeys(m for per in results.values() for m in per))
-    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(methods), 3.6), dpi=120)
-    width = 0.8 / len(SCORE_KEYS)
-    for k, key in enumerate(SCORE_KEYS):
-        vals = [_mean([per[m]["scores"][key] for per in results.values()
-                       if m in per and per[m]["scores"][key] is not None]) or 0.0 for m in methods]
-        ax.bar([i + (k - (len(SCORE_KEYS) - 1) / 2) * width for i in range(len(methods))], vals, width, label=key)
-    ax.set_xticks(range(len(methods)), methods)
-    ax.axhline(0, color="black", linewidth=0.6)
-    ax.set_ylim(-1, 1)
-    ax.set_title("C3PO evaluation (mean over feedbacks)")
-    ax.legend(fontsize=7, ncol=len(SCORE_KEYS), loc="lower center", bbox_to_anchor=(0.5, 1.08))
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def write_reports(results: dict[str, dict[str, dict]], out_dir: Path) -> str:
-    """results.json, report.md and chart.png; returns the Markdown table."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    md = table(results)
-    (out_dir / "report.md").write_text(
-        "# Evaluation\n\nS_in: adherence in scope (mean h); S_near / S_general: change on near-scope / "
-        "general out-of-scope prompts (mean |h|); S_out: both together; S_overall = (S_in + 1 − S_out)/2.\n\n"
-        f"{md}\n\n![scores](chart.png)\n", encoding="utf-8")
-    chart(results, out_dir / "chart.png")
-    return md
+def caveats(cfg: PipelineConfig) -> list[str]:
+    """Report lines for methods whose scores say nothing about the model at hand."""
+    prompted = [m for m in cfg.eval.methods if m in ("in_context", "cot")]
+    if not prompted or not cfg.model.path or Path(cfg.model.path).resolve() != TINY_MODEL_DIR:
+        return []
+    return [f"{' and '.join(prompted)} prompt the shipped tiny-world model, which was never taught to follow "
+            "instructions: its replies ignore the added text, so these rows measure nothing about the "
+            "feedback. They are meaningful only with a real chat model."]
 
 
 def run(cfg: PipelineConfig, student_ep: EndpointConfig | None, teacher_ep: EndpointConfig | None,
@@ -204,7 +160,8 @@ def run(cfg: PipelineConfig, student_ep: EndpointConfig | None, teacher_ep: Endp
     methods = {m: served.get(m) for m in cfg.eval.methods}
     results = {fb.name: evaluate_feedback(fb, d, methods, cfg, student, teacher)
                for fb, d in zip(feedbacks, cfg.data.dirs)}
-    print(write_reports(results, out_dir))
+    rows = {fb.name: test_rows(d) for fb, d in zip(feedbacks, cfg.data.dirs)}
+    print(write_reports(results, out_dir, rows, methods_doc(cfg), caveats(cfg)))
     print(f"wrote {out_dir}/results.json, report.md, chart.png", file=sys.stderr)
     return results
 

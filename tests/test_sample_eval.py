@@ -11,9 +11,10 @@ import yaml
 
 from rlvf.config import load_config
 from rlvf.data import SCOPES, read_rows, scope_file
-from rlvf.eval import h_metric, scores, table, write_reports
+from rlvf.eval import TINY_MODEL_DIR, caveats, h_metric, scores
 from rlvf.feedback import load_feedbacks
 from rlvf.pipeline_config import PipelineConfig
+from rlvf.report import chart_title, markdown, table, write_reports
 from rlvf.sample import cot_answer, split
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,10 +66,42 @@ def test_reports_are_written(tmp_path):
     entry = lambda s_in: {"scores": scores({"in_scope": [s_in], "near_scope": [0], "out_of_scope": [0]})}  # noqa: E731
     results = {"fb-a": {"dpo": entry(1), "c3po": entry(0)}, "fb-b": {"dpo": entry(0), "c3po": entry(1)}}
     md = write_reports(results, tmp_path)
-    assert "| **mean** | c3po | 0.500 |" in md
+    assert "| **mean of 2** | c3po | | 0.500 |" in md
     assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((tmp_path / "results.json").read_text())["fb-a"]["dpo"]["scores"]["S_in"] == 1
     assert len(table(results).splitlines()) == 2 + 4 + 2  # header, 4 rows, a mean per method
+    assert chart_title(results) == "C3PO evaluation (mean over 2 feedbacks)"
+    assert chart_title({"fb-a": results["fb-a"]}) == "C3PO evaluation: fb-a"
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave nothing behind
+
+
+def test_report_states_counts_methods_formula_and_examples():
+    h = {"in_scope": [1, 0, 1], "near_scope": [0, -1], "out_of_scope": [0, 0, 0, 0]}
+    responses = {scope: [f"new {scope} {i}" for i in range(len(v))] for scope, v in h.items()}
+    rows = {scope: [{"prompt": f"prompt {scope} {i}", "baseline": f"old {scope} {i}"} for i in range(len(v))]
+            for scope, v in h.items()}
+    results = {"fb": {"base": {"scores": scores(h), "h": h, "responses": responses},
+                      "adapter": {"scores": scores(h), "h": h, "responses": responses}}}
+    md = markdown(results, {"fb": rows}, {"adapter": "the adapter of this run"}, ["a caveat"])
+    assert "| fb | adapter | 3/2/4 |" in md  # n per scope: in / near / general
+    assert "S_overall = (S_in + 1 − S_out) / 2" in md and "- `adapter`: the adapter of this run" in md
+    assert "- `base`: the untrained model" in md and "> **Caveat.** a caveat" in md
+    examples = md.split("## Examples")[1]
+    assert "### fb: adapter" in examples and "### fb: base" not in examples  # base is the baseline again
+    # changed rows first: in scope rows 0 and 2 (h = 1), near scope row 1 (h = −1) before row 0
+    assert examples.index("prompt in_scope 0") < examples.index("prompt in_scope 2")
+    assert "prompt in_scope 1" not in examples  # 2 per scope, and h = 0 comes last
+    assert examples.index("prompt near_scope 1") < examples.index("prompt near_scope 0")
+    assert "| near scope | prompt near_scope 1 | old near_scope 1 | new near_scope 1 | −1 (only the baseline follows) |" in examples
+
+
+def test_caveat_for_prompted_baselines_on_the_tiny_model(tmp_path):
+    cfg = PipelineConfig()
+    cfg.model.path, cfg.eval.methods = str(TINY_MODEL_DIR), ["adapter", "in_context", "cot"]
+    (line,) = caveats(cfg)
+    assert line.startswith("in_context and cot prompt the shipped tiny-world model")
+    cfg.model.path = str(tmp_path)  # any other model: the baselines mean what they say
+    assert caveats(cfg) == []
 
 
 def test_helpers():
@@ -106,6 +139,12 @@ def test_sample_and_eval_on_the_offline_teacher(tmp_path, tiny_model_dir):
     assert per["base"]["scores"]["S_in"] == 0.0  # greedy base = the greedy baseline responses
     for name in ("results.json", "report.md", "chart.png"):
         assert (tmp_path / "run" / "eval" / name).is_file()
+    report = (tmp_path / "run" / "eval" / "report.md").read_text(encoding="utf-8")
+    test_rows = {scope: read_rows(scope_file(data, scope, "test"), ()) for scope in SCOPES}
+    n = "/".join(str(len(test_rows[scope])) for scope in SCOPES)
+    assert f"| heart-emoji-maddie | adapter | {n} |" in report
+    assert "### heart-emoji-maddie: adapter" in report
+    assert any(" ".join(r["prompt"].split())[:40] in report for r in test_rows["in_scope"])
 
 
 def test_pipeline_errors_are_one_line(tmp_path, tiny_model_dir, capsys):
@@ -155,10 +194,10 @@ def test_general_prompt_sources(tmp_path):
     with pytest.raises(UserError, match=r"bad.jsonl:2: field 'prompt' is empty"):
         general_prompts(str(bad), 5, fb, seed=0, exclude=set())
     from rlvf.tinyworld.scope import in_near_scope, in_scope
-    from rlvf.tinyworld import world
+    from rlvf.tinyworld import world as tiny_world
 
     for p in general_prompts("tinyworld", 30, fb, seed=1, exclude=set()):
-        req = world.parse_request(p)
+        req = tiny_world.parse_request(p)
         assert not in_scope(fb, req) and not in_near_scope(fb, req)
 
 
