@@ -4,12 +4,18 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# Where the CPU-only torch wheels live (≈ 190 MB download, ≈ 750 MB installed, no CUDA packages).
+# PyPI's Linux torch is the CUDA build (several GB with its nvidia-* packages); `torch==2.13.0` from
+# this index resolves to 2.13.0+cpu. Set TORCH_INDEX= (empty) to use only pip's configured indexes.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_INDEX_ARG := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 
 .PHONY: demo test test-slow install check-wheel
 
 $(VENV)/.installed: setup.py constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet --no-deps -c constraints-cpu.txt $(TORCH_INDEX_ARG) torch  # its dependencies come next
 	$(PY) -m pip install --quiet -c constraints-cpu.txt -e '.[test]'
 	touch $@
 
