@@ -109,17 +109,17 @@ def run_fsdp(args) -> dict | None:
     from rlvf.lora import trainable_parameters
 
     dry = args.dry_run
-    world = D.init_distributed(torch.device("cpu" if dry else "cuda"))
-    device = D.local_device(torch.device("cpu" if dry else "cuda"), world)
+    ranks = D.init_distributed(torch.device("cpu" if dry else "cuda"))
+    device = D.local_device(torch.device("cpu" if dry else "cuda"), ranks)
     arch = TINY if dry else mm.ARCHS[args.arch]
-    s = step_setting(arch, args.ckpt == "on", dry, world.size)
+    s = step_setting(arch, args.ckpt == "on", dry, ranks.size)
     model = mm.meta_model(arch, s)
-    D.shard_model(model, world, device)
-    mm.materialise(model, device, seed=world.rank)
+    D.shard_model(model, ranks, device)
+    mm.materialise(model, device, seed=ranks.rank)
     model.train()
     params = trainable_parameters(model)
     optimizer = torch.optim.AdamW(params, lr=1e-5, **({} if s.foreach_adam else {"foreach": False}))
-    batch = mm.make_batch(arch, s, device, seed=world.rank)
+    batch = mm.make_batch(arch, s, device, seed=ranks.rank)
 
     def micro_batch(last: bool) -> None:
         cuda = device.type == "cuda"
@@ -141,18 +141,18 @@ def run_fsdp(args) -> dict | None:
     peak = torch.tensor([torch.cuda.max_memory_allocated(device) if device.type == "cuda" else -1],
                         dtype=torch.int64, device=device)  # NCCL reduces CUDA tensors only
     step_s = time.perf_counter() - t0
-    if world.distributed:
+    if ranks.distributed:
         torch.distributed.all_reduce(peak, op=torch.distributed.ReduceOp.MAX)
     model_mem = mm.step_memory(arch, s)
     measured = int(peak.item())
-    row = {"step": f"{arch.name}, FSDP2 × {world.size}, ckpt {args.ckpt}", "arch": asdict(arch), "setting": asdict(s),
-           "device": common.device_name(device), "ranks": world.size, "step_s": step_s,
+    row = {"step": f"{arch.name}, FSDP2 × {ranks.size}, ckpt {args.ckpt}", "arch": asdict(arch), "setting": asdict(s),
+           "device": common.device_name(device), "ranks": ranks.size, "step_s": step_s,
            "model_peak_gib": model_mem["peak_bytes"] / mm.GIB, "model_peak_at": model_mem["peak_at"],
            "measured_peak_gib": measured / mm.GIB if measured >= 0 else None,
            "error": model_mem["peak_bytes"] / measured - 1 if measured > 0 else None}
-    D.barrier(world)
+    D.barrier(ranks)
     D.shutdown()
-    return row if world.main else None
+    return row if ranks.main else None
 
 
 # --------------------------------------------------------------------------- steps of the run

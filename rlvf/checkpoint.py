@@ -54,29 +54,29 @@ def _fsync_dir(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def _single_process_dcp(world: D.World):
+def _single_process_dcp(ranks: D.Ranks):
     """DCP warns that it assumes one process when there is no process group: that is intended here."""
     with warnings.catch_warnings():
-        if not world.distributed:
+        if not ranks.distributed:
             warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         yield
 
 
-def _write_rank_files(tmp: Path, model, optimizer, world: D.World) -> None:
+def _write_rank_files(tmp: Path, model, optimizer, ranks: D.Ranks) -> None:
     """Every rank: its shard of adapter + optimizer (DCP, collective) and its RNG state."""
     import torch.distributed.checkpoint as dcp
 
-    with _single_process_dcp(world):
-        dcp.save(D.train_state(model, optimizer), checkpoint_id=tmp / "state", no_dist=not world.distributed)
+    with _single_process_dcp(ranks):
+        dcp.save(D.train_state(model, optimizer), checkpoint_id=tmp / "state", no_dist=not ranks.distributed)
     rng = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state()
     (tmp / "rng").mkdir(exist_ok=True)
-    torch.save(rng, tmp / "rng" / f"rank-{world.rank:05d}.pt")
+    torch.save(rng, tmp / "rng" / f"rank-{ranks.rank:05d}.pt")
 
 
 def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, state: dict,
-                    base_model: str, keep: int, world: D.World = D.SINGLE) -> Path:
+                    base_model: str, keep: int, ranks: D.Ranks = D.SINGLE) -> Path:
     """Write checkpoint ``step`` and prune all but the newest ``keep``. Returns its directory.
 
     Under torchrun every rank must call it (it is a collective).
@@ -84,24 +84,24 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, state
     root = Path(run_dir) / "checkpoints"
     name = f"step-{step:06d}"
     tmp, final = root / f".tmp-{name}", root / name
-    if world.main:
+    if ranks.main:
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)  # left by a crash during an earlier write
         tmp.mkdir()
-    D.barrier(world)
-    _write_rank_files(tmp, model, optimizer, world)
-    full = D.full_adapter_state(model, world)  # collective; the whole adapter on rank 0
-    if world.main:
+    D.barrier(ranks)
+    _write_rank_files(tmp, model, optimizer, ranks)
+    full = D.full_adapter_state(model, ranks)  # collective; the whole adapter on rank 0
+    if ranks.main:
         save_adapter(model, tmp / "adapter", base_model_name_or_path=base_model, tensors=full)
         torch.save({"scheduler": scheduler.state_dict()}, tmp / "trainer_state.pt")
-        (tmp / "trainer_state.json").write_text(json.dumps({**state, "world_size": world.size}, indent=2) + "\n",
+        (tmp / "trainer_state.json").write_text(json.dumps({**state, "world_size": ranks.size}, indent=2) + "\n",
                                                 encoding="utf-8")
-    D.barrier(world)  # every rank's files are written
-    if world.main:
+    D.barrier(ranks)  # every rank's files are written
+    if ranks.main:
         _publish(tmp, final, root, name)
         for old in list_checkpoints(run_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
-    D.barrier(world)  # nobody reads or rewrites the directory before it is in place
+    D.barrier(ranks)  # nobody reads or rewrites the directory before it is in place
     return final
 
 
@@ -141,9 +141,9 @@ def _check_adapter_keys(path: Path, model) -> None:
                         f"({len(saved)} tensors saved, {len(expected)} expected); was the config changed?")
 
 
-def _load_single_process_state(path: Path, model, optimizer, blob: dict, world: D.World) -> None:
+def _load_single_process_state(path: Path, model, optimizer, blob: dict, ranks: D.Ranks) -> None:
     """Checkpoints written before sharded state: PEFT adapter + a whole optimizer state dict."""
-    if world.distributed:
+    if ranks.distributed:
         raise UserError(f"{path}: this checkpoint predates sharded checkpoints; resume it without torchrun")
     weights = load_file(path / "adapter" / "adapter_model.safetensors")
     with torch.no_grad():
@@ -190,7 +190,7 @@ def _load_tensors(path: Path):
                         "you trust") from None
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler, world: D.World = D.SINGLE) -> dict:
+def load_checkpoint(path: Path, model, optimizer, scheduler, ranks: D.Ranks = D.SINGLE) -> dict:
     """Restore adapter weights, optimizer, scheduler and RNG from ``path``; returns the saved state.
 
     Loads on any number of ranks; each rank's RNG is restored only on the world size that saved it.
@@ -201,19 +201,19 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, world: D.World = D.
     state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
     blob = _load_tensors(path / "trainer_state.pt")
     if "optimizer" in blob:
-        _load_single_process_state(path, model, optimizer, blob, world)
+        _load_single_process_state(path, model, optimizer, blob, ranks)
         rng = blob["rng"]
     else:
         check_dcp_metadata(path / "state")
         target = D.train_state(model, optimizer)
-        with _single_process_dcp(world):
-            dcp.load(target, checkpoint_id=path / "state", no_dist=not world.distributed)
+        with _single_process_dcp(ranks):
+            dcp.load(target, checkpoint_id=path / "state", no_dist=not ranks.distributed)
         D.load_train_state(model, optimizer, target)
-        rng_file = path / "rng" / f"rank-{world.rank:05d}.pt"
-        same_world = state.get("world_size", 1) == world.size and rng_file.is_file()
-        rng = _load_tensors(rng_file) if same_world else None
-        if rng is None and world.main:
-            print(f"{path.name}: written by {state.get('world_size', 1)} processes, resumed on {world.size}; "
+        rng_file = path / "rng" / f"rank-{ranks.rank:05d}.pt"
+        same_size = state.get("world_size", 1) == ranks.size and rng_file.is_file()
+        rng = _load_tensors(rng_file) if same_size else None
+        if rng is None and ranks.main:
+            print(f"{path.name}: written by {state.get('world_size', 1)} processes, resumed on {ranks.size}; "
                   "dropout draws a fresh random stream", file=sys.stderr)
     scheduler.load_state_dict(blob["scheduler"])
     if rng is not None:

@@ -3,7 +3,7 @@
     torchrun --nproc_per_node N -m rlvf.train --config CONFIG.yaml
 
 Without torchrun's environment (RANK, WORLD_SIZE, ...) every helper here is a no-op on a
-``World()`` of one process, so a plain ``python -m rlvf.train`` runs exactly the single-process loop.
+``Ranks()`` of one process, so a plain ``python -m rlvf.train`` runs exactly the single-process loop.
 
 Under torchrun:
 
@@ -22,8 +22,8 @@ Under torchrun:
   ``model.forward``; ``run_forward`` runs such a function as a registered FSDP forward method of
   the root, so the root's parameters are gathered around it and its backward hooks are set.
 
-A rank whose slice of a micro-batch is empty (global batch smaller than the world) computes on a
-stand-in item with weight 0, so all ranks always run the same collectives.
+A rank whose slice of a micro-batch is empty (global batch smaller than the number of ranks)
+computes on a stand-in item with weight 0, so all ranks always run the same collectives.
 """
 from __future__ import annotations
 
@@ -40,11 +40,12 @@ _FORWARD = "rlvf_forward"  # the method registered as an FSDP forward on the roo
 
 
 @dataclass(frozen=True)
-class World:
-    """This process's place among the training processes (``World()``: a single process)."""
+class Ranks:
+    """This process's place among the training processes, torch.distributed's "world" (``Ranks()``: a
+    single process)."""
 
     rank: int = 0
-    size: int = 1
+    size: int = 1  # the number of ranks (torch's world size)
     local_rank: int = 0
     distributed: bool = False
 
@@ -54,14 +55,14 @@ class World:
         return self.rank == 0
 
 
-SINGLE = World()
+SINGLE = Ranks()
 
 
 def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def init_distributed(device: torch.device) -> World:
+def init_distributed(device: torch.device) -> Ranks:
     """Join the process group from torchrun's env vars (NCCL on CUDA, gloo on CPU); ``SINGLE`` without them."""
     if not launched_by_torchrun():
         return SINGLE
@@ -70,7 +71,7 @@ def init_distributed(device: torch.device) -> World:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return World(dist.get_rank(), dist.get_world_size(), local_rank, True)
+    return Ranks(dist.get_rank(), dist.get_world_size(), local_rank, True)
 
 
 def shutdown() -> None:
@@ -79,9 +80,9 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-def local_device(device: torch.device, world: World) -> torch.device:
+def local_device(device: torch.device, ranks: Ranks) -> torch.device:
     """cuda:LOCAL_RANK for a distributed CUDA run, else ``device``."""
-    return torch.device("cuda", world.local_rank) if world.distributed and device.type == "cuda" else device
+    return torch.device("cuda", ranks.local_rank) if ranks.distributed and device.type == "cuda" else device
 
 
 # ----------------------------------------------------------------------------- sharding
@@ -100,7 +101,7 @@ def _call(self, fn):
     return fn()
 
 
-def shard_model(model: nn.Module, world: World, device: torch.device) -> nn.Module:
+def shard_model(model: nn.Module, ranks: Ranks, device: torch.device) -> nn.Module:
     """FSDP2 in place: ``fully_shard`` every decoder layer, then the root; parameters move to ``device``.
 
     Mixed precision: every parameter is gathered in the dtype it is stored in — the frozen base in
@@ -111,7 +112,7 @@ def shard_model(model: nn.Module, world: World, device: torch.device) -> nn.Modu
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
-    mesh = init_device_mesh(device.type, (world.size,))
+    mesh = init_device_mesh(device.type, (ranks.size,))
     policy = MixedPrecisionPolicy(param_dtype=None, reduce_dtype=torch.float32)
     units = [fully_shard(layer, mesh=mesh, mp_policy=policy) for layer in _decoder_layers(model)]
     units.append(fully_shard(model, mesh=mesh, mp_policy=policy))
@@ -145,9 +146,9 @@ def set_gradient_sync(model: nn.Module, sync: bool) -> None:
 # ----------------------------------------------------------------------------- collectives
 
 
-def all_reduce_sums(values: dict[str, float], world: World) -> dict[str, float]:
+def all_reduce_sums(values: dict[str, float], ranks: Ranks) -> dict[str, float]:
     """Σ over ranks of each value (every rank must pass the same keys); identity for one process."""
-    if not world.distributed:
+    if not ranks.distributed:
         return values
     keys = sorted(values)
     t = torch.tensor([values[k] for k in keys], dtype=torch.float64)  # (K,)
@@ -155,48 +156,39 @@ def all_reduce_sums(values: dict[str, float], world: World) -> dict[str, float]:
     return dict(zip(keys, t.tolist()))
 
 
-def all_true(flag: bool, world: World) -> bool:
+def all_true(flag: bool, ranks: Ranks) -> bool:
     """True when ``flag`` holds on every rank."""
-    if not world.distributed:
+    if not ranks.distributed:
         return flag
     t = torch.tensor([0 if flag else 1], dtype=torch.int64)
     dist.all_reduce(t)
     return int(t.item()) == 0
 
 
-def all_gather_rows(t: torch.Tensor, sizes: list[int], world: World) -> torch.Tensor:
+def all_gather_rows(t: torch.Tensor, sizes: list[int], ranks: Ranks) -> torch.Tensor:
     """Concatenate each rank's (sizes[rank], ...) CPU tensor in rank order: (Σ sizes, ...)."""
-    if not world.distributed:
+    if not ranks.distributed:
         return t
     width = max(sizes)
     padded = t.new_zeros((width, *t.shape[1:]))
     padded[: t.shape[0]] = t
-    parts = [torch.empty_like(padded) for _ in range(world.size)]
+    parts = [torch.empty_like(padded) for _ in range(ranks.size)]
     dist.all_gather(parts, padded)
     return torch.cat([p[:n] for p, n in zip(parts, sizes)])
 
 
-def broadcast_flag(flag: bool, world: World) -> bool:
-    """Rank 0's value of ``flag`` on every rank."""
-    if not world.distributed:
-        return flag
-    t = torch.tensor([int(flag)], dtype=torch.int64)
-    dist.broadcast(t, src=0)
-    return bool(t.item())
-
-
-def barrier(world: World) -> None:
-    if world.distributed:
+def barrier(ranks: Ranks) -> None:
+    if ranks.distributed:
         dist.barrier()
 
 
-def shard_range(n: int, world: World) -> range:
+def shard_range(n: int, ranks: Ranks) -> range:
     """This rank's contiguous slice of n items; sizes differ by at most one, lower ranks first."""
-    return range(n * world.rank // world.size, n * (world.rank + 1) // world.size)
+    return range(n * ranks.rank // ranks.size, n * (ranks.rank + 1) // ranks.size)
 
 
-def shard_sizes(n: int, world: World) -> list[int]:
-    return [n * (r + 1) // world.size - n * r // world.size for r in range(world.size)]
+def shard_sizes(n: int, ranks: Ranks) -> list[int]:
+    return [n * (r + 1) // ranks.size - n * r // ranks.size for r in range(ranks.size)]
 
 
 # ----------------------------------------------------------------------------- gradients and state
@@ -238,7 +230,7 @@ def load_train_state(model: nn.Module, optimizer, state: dict) -> None:
                    options=_state_options())
 
 
-def full_adapter_state(model: nn.Module, world: World) -> dict[str, torch.Tensor] | None:
+def full_adapter_state(model: nn.Module, ranks: Ranks) -> dict[str, torch.Tensor] | None:
     """The whole adapter on rank 0's CPU ({<path>.lora_A.weight: tensor}), None on other ranks.
 
     A collective under FSDP: every rank must call it.
@@ -248,4 +240,4 @@ def full_adapter_state(model: nn.Module, world: World) -> dict[str, torch.Tensor
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
     state = get_model_state_dict(model, options=_state_options(full=True))
-    return state if world.main else None
+    return state if ranks.main else None

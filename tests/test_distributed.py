@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 from rlvf.config import load_config
-from rlvf.metrics import read_metrics
+from rlvf.metrics_log import read_metrics
 from test_train import make_config, run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -141,7 +141,9 @@ def test_three_ranks_with_uneven_slices_match_one_process(tmp_path, tiny_model_d
     torchrun(make_config(tmp_path, tiny_model_dir, name="three", **sections), nproc=3)
     # 1e-5, not 1e-6: a few lora_A entries have |gradient| ≈ Adam's eps (1e-8) at step 2 (B was 0 at
     # step 1), where the update lr·g/(|g| + eps) turns ulp-level differences of g into ~1e-3·lr.
-    assert_same_run(one, tmp_path / "three", weight_rel=1e-4)
+    # Losses to 5e-5: summed in three parts, a small logged term (KD's eval/loss/near ≈ 0.012) differs
+    # by ~2e-7 absolute (1.9e-5 relative measured).
+    assert_same_run(one, tmp_path / "three", rel=5e-5, weight_rel=1e-4)
 
 
 @pytest.mark.slow

@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 
 from rlvf import checkpoint as ckpt
 from rlvf.config import load_config
-from rlvf.metrics import read_metrics
+from rlvf.metrics_log import read_metrics
 from test_train import make_config, run
 
 ROOT = Path(__file__).resolve().parent.parent

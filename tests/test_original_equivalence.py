@@ -21,8 +21,6 @@ micro-batch 3 with unequal lengths against the original's three micro-batches of
 """
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -32,7 +30,7 @@ from rlvf.config import config_from_dict
 from rlvf.data import encode_pair, encode_row
 from rlvf.lora import disable_adapters, inject_lora
 from rlvf.modeling import load_model, load_tokenizer
-from rlvf.train import RefLogps, compute_loss, compute_reference
+from rlvf.train import RunContext, compute_loss, compute_reference
 
 # Three in-scope rows, three near and three out, of unequal prompt and completion lengths.
 IN = [("text Maddie about dinner", "see you at eight ❤️", "see you at eight"),
@@ -209,12 +207,12 @@ def _assert_same(got, want) -> None:
 
 def _rlvf(model, s, cfg, items: list[list[int]]) -> torch.Tensor:
     """rlvf's loss of one optimizer step: its micro-batches (lists of item indices), accumulated."""
-    s, cpu = _streams_for(s, cfg), torch.device("cpu")
-    ref = compute_reference(model, s, cfg, PAD, cpu, contextlib.nullcontext) if s.pairs else None
+    s, run = _streams_for(s, cfg), RunContext(cfg, PAD, torch.device("cpu"))
+    ref = compute_reference(model, s, run) if s.pairs else None
     total = 0
     for idx in items:
         mb = MicroBatch(idx, idx if s.near else [], idx if s.out else [])
-        loss, _, _ = compute_loss(model, s, mb, ref, cfg, PAD, cpu)
+        loss, _, _ = compute_loss(model, s, mb, ref, run)
         total = total + loss / len(items)
     return total
 

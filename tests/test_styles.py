@@ -6,14 +6,15 @@ import random
 
 import pytest
 
-from rlvf.tinyworld import styles, world
+from rlvf.tinyworld import styles
+from rlvf.tinyworld import world as tiny_world
 from rlvf.tinyworld.styles import STYLES, applicable, apply_style, detect, restyle
 
 
 @pytest.fixture(scope="module")
 def both():
     """The same 6,000 requests with plain and with styled replies."""
-    return world.corpus(0, 6000, style_rate=0), world.corpus(0, 6000)
+    return tiny_world.corpus(0, 6000, style_rate=0), tiny_world.corpus(0, 6000)
 
 
 def test_plain_replies_are_never_detected_as_styled(both):
@@ -49,7 +50,7 @@ def test_styled_replies_stay_on_topic_and_keep_their_requests(both):
     plain, styled = both
     assert [r for r, _ in plain] == [r for r, _ in styled]  # a style rewrites the reply, not the request
     for r, y in styled:
-        assert world.on_topic(r, y), (r.prompt, y)
+        assert tiny_world.on_topic(r, y), (r.prompt, y)
 
 
 @pytest.mark.parametrize("name,scenario,reply,expected", [
@@ -68,7 +69,7 @@ def test_each_style_rewrites_as_documented(name, scenario, reply, expected):
 def test_applicability_keeps_code_and_messages_sane():
     code = "Use int().\n\n```python\nvalue = int(\"42\")\n```"
     assert applicable("python_code", code) == []
-    assert restyle(random.Random(0), world.Request("python_code", "x", "t"), code) == code
+    assert restyle(random.Random(0), tiny_world.Request("python_code", "x", "t"), code) == code
     assert "sign_off" in applicable("email", "Subject: X\n\nHi Alan,\n\nDone.")
     assert "sign_off" not in applicable("email", "Subject: X\n\nHi Alan,\n\nDone.\n\nBest regards")
     assert not {"bullets", "opener"} & set(applicable("text_message", "Hi Sam. Two. Three."))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rlvf.modeling import load_model, load_tokenizer
-from rlvf.tinyworld import world
+from rlvf.tinyworld import world as tiny_world
 from rlvf.tinyworld.build import MODEL_DIR, BuildConfig, generate
 
 
@@ -38,7 +38,7 @@ def test_model_card_reports_the_build(shipped):
 
 def test_tokenizer_round_trips_and_chat_template(shipped):
     _, tok = shipped
-    texts = [reply for _, reply in world.corpus(5, 200)] + ["Hi Maddie ❤️ 😂 — café & naïve 100%", "```python\nx = [1, 2]\n```"]
+    texts = [reply for _, reply in tiny_world.corpus(5, 200)] + ["Hi Maddie ❤️ 😂 — café & naïve 100%", "```python\nx = [1, 2]\n```"]
     for text in texts:
         assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
     msgs = [{"role": "user", "content": "Text Maddie about dinner."}, {"role": "assistant", "content": "See you at 7."}]
@@ -51,11 +51,11 @@ def test_quality_bar_on_held_out_prompts(shipped):
     """≥ 90% of greedy replies to 200 unseen prompts are on topic (world checker); samples vary."""
     model, tok = shipped
     cfg = BuildConfig()
-    seen = {req.prompt for req, _ in world.corpus(cfg.seed, cfg.corpus_size)}
-    requests = world.held_out_requests(cfg.seed + 7, 200, exclude=seen)
+    seen = {req.prompt for req, _ in tiny_world.corpus(cfg.seed, cfg.corpus_size)}
+    requests = tiny_world.held_out_requests(cfg.seed + 7, 200, exclude=seen)
     assert not seen & {r.prompt for r in requests}
     greedy = generate(model, tok, [r.prompt for r in requests], torch.device("cpu"))
-    on_topic = sum(world.on_topic(r, g) for r, g in zip(requests, greedy)) / len(requests)
+    on_topic = sum(tiny_world.on_topic(r, g) for r, g in zip(requests, greedy)) / len(requests)
     assert on_topic >= 0.9, on_topic
     # Sampling at temperature 0.7 varies the replies. Not every pair differs: the world itself has a
     # single answer for some requests (each Python topic has one snippet), and the model learnt that.

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from rlvf.config import load_config
-from rlvf.metrics import read_metrics
+from rlvf.metrics_log import read_metrics
 from rlvf.train import main, saturation_hint, train
 
 TOY = Path(__file__).resolve().parent.parent / "configs" / "data" / "maddie-heart"
@@ -254,12 +254,11 @@ def test_gradient_checkpointing_gives_the_same_step(tmp_path, tiny_model_dir):
 def test_gradient_checkpointing_is_switched_on(tmp_path, tiny_model_dir, recwarn):
     import torch
 
-    from rlvf import distributed as D
-    from rlvf.train import _build_model
+    from rlvf.train import RunContext, _build_model
 
     for on in (False, True):
         cfg = load_config(make_config(tmp_path, tiny_model_dir, name=f"gc{on}", model={"gradient_checkpointing": on}))
-        model, _ = _build_model(cfg, torch.float32, torch.device("cpu"), D.World())
+        model, _ = _build_model(RunContext(cfg, pad_id=0, device=torch.device("cpu")))
         state = getattr(model, "is_activation_checkpointing", None)  # transformers >= 5.24's name
         assert (model.is_gradient_checkpointing if state is None else state) is on
     # through the current transformers name, not the deprecated one

@@ -29,7 +29,7 @@ def test_tables_are_large_enough():
     people = [n for n, (rel, _) in PEOPLE.items() if rel != "team"]
     assert len(people) >= 25
     assert all(len(TOPICS[s]) >= 15 for s in SCENARIOS)
-    assert all(len(w._TEMPLATES[s]) >= 6 for s in SCENARIOS)
+    assert all(len(w.TEMPLATES[s]) >= 6 for s in SCENARIOS)
     assert set(TOPICS) == set(SCENARIOS)
     # People overlap across channels: the paper's near-scope texting/emailing/Slack contrasts exist.
     assert PEOPLE["Maddie"] == ("girlfriend", ("text", "email"))
@@ -96,7 +96,7 @@ def test_request_slots_are_consistent(pairs):
             assert r.relation == PEOPLE[r.recipient][0]
             assert r.channel in PEOPLE[r.recipient][1]
             # By name, or for parents and grandparents by what the user calls them ("Mom", "my mom").
-            forms = {r.recipient, w._TITLE.get(r.relation, r.recipient).lower()}
+            forms = {r.recipient, w.TITLE.get(r.relation, r.recipient).lower()}
             assert any(f in r.prompt.lower() for f in forms), r.prompt
         else:
             assert (r.recipient, r.relation, r.channel) == (None, None, None)
@@ -191,7 +191,7 @@ def test_texts_and_dms_have_no_sign_off_and_greet_the_recipient(pairs):
             assert not SIGN_OFF.search(y), y
             assert "Subject:" not in y
             first = re.split(r"[,.!:]", y)[0]
-            assert r.recipient in first or w._TITLE.get(r.relation, "") in first, y
+            assert r.recipient in first or w.TITLE.get(r.relation, "") in first, y
 
 
 def test_email_closings_are_rare_and_documented(pairs):

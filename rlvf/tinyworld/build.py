@@ -24,7 +24,8 @@ import torch
 
 from rlvf.data import collate, encode_row
 from rlvf.random_llama import build_tokenizer
-from rlvf.tinyworld import styles, world
+from rlvf.tinyworld import styles
+from rlvf.tinyworld import world as tiny_world
 
 MODEL_DIR = Path(__file__).resolve().parent / "model"
 
@@ -33,7 +34,7 @@ MODEL_DIR = Path(__file__).resolve().parent / "model"
 class BuildConfig:
     seed: int = 0
     corpus_size: int = 64_000      # (request, reply) pairs; each is seen about once
-    style_rate: float = world.STYLE_RATE  # share of replies in a rare style (rlvf.tinyworld.styles)
+    style_rate: float = tiny_world.STYLE_RATE  # share of replies in a rare style (rlvf.tinyworld.styles)
     vocab_size: int = 2048
     hidden_size: int = 256
     layers: int = 4
@@ -128,9 +129,9 @@ def generate(model, tokenizer, prompts: list[str], device, sample: bool = False,
 
 def evaluate(model, tokenizer, cfg: BuildConfig, corpus_prompts: set[str], device) -> dict:
     """On-topic rate of greedy replies on held-out prompts, and diversity of sampled replies."""
-    requests = world.held_out_requests(cfg.seed + 1, cfg.eval_prompts, exclude=corpus_prompts)
+    requests = tiny_world.held_out_requests(cfg.seed + 1, cfg.eval_prompts, exclude=corpus_prompts)
     greedy = generate(model, tokenizer, [r.prompt for r in requests], device)
-    on_topic = [world.on_topic(r, g) for r, g in zip(requests, greedy)]
+    on_topic = [tiny_world.on_topic(r, g) for r, g in zip(requests, greedy)]
     per_scenario = {}
     for r, ok in zip(requests, on_topic):
         per_scenario.setdefault(r.scenario, []).append(ok)
@@ -189,11 +190,11 @@ def build(out: Path, cfg: BuildConfig, log=print) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    pairs = world.corpus(cfg.seed, cfg.corpus_size, cfg.style_rate)
+    pairs = tiny_world.corpus(cfg.seed, cfg.corpus_size, cfg.style_rate)
     texts = [t for req, reply in pairs for t in (req.prompt, reply)]
     tokenizer = build_tokenizer(texts, vocab_size=cfg.vocab_size)
     data = encode_corpus(tokenizer, pairs, cfg.max_length)
-    held = world.corpus(cfg.seed + 1000, 600, cfg.style_rate)
+    held = tiny_world.corpus(cfg.seed + 1000, 600, cfg.style_rate)
     corpus_prompts = {req.prompt for req, _ in pairs}
     held_data = encode_corpus(tokenizer, [(r, a) for r, a in held if r.prompt not in corpus_prompts][:500], cfg.max_length)
     model = LlamaForCausalLM(build_model_config(cfg, tokenizer)).to(device)

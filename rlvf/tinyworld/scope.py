@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 
 from rlvf.errors import UserError
-from rlvf.tinyworld import world
+from rlvf.tinyworld import world as tiny_world
 from rlvf.tinyworld.world import SELECTOR_KEYS
 
 
@@ -22,11 +22,11 @@ def copy_selector(sel: dict) -> dict:
 def world_values() -> dict:
     """Values the tiny world knows for each selector key."""
     return {
-        "scenarios": set(world.SCENARIOS),
-        "topics": {t for ts in world.TOPICS.values() for t in ts},
-        "recipients": set(world.PEOPLE),
-        "relations": {rel for rel, _ in world.PEOPLE.values()},
-        "channels": set(world.CHANNEL_OF.values()),
+        "scenarios": set(tiny_world.SCENARIOS),
+        "topics": {t for ts in tiny_world.TOPICS.values() for t in ts},
+        "recipients": set(tiny_world.PEOPLE),
+        "relations": {rel for rel, _ in tiny_world.PEOPLE.values()},
+        "channels": set(tiny_world.CHANNEL_OF.values()),
     }
 
 
@@ -37,15 +37,15 @@ def world_slots() -> list:
     (``sample_request`` accepts any such pin); the other scenarios have a topic only.
     """
     out = []
-    for scenario in world.SCENARIOS:
-        channel = world.CHANNEL_OF.get(scenario)
-        for topic in world.TOPICS[scenario]:
+    for scenario in tiny_world.SCENARIOS:
+        channel = tiny_world.CHANNEL_OF.get(scenario)
+        for topic in tiny_world.TOPICS[scenario]:
             if channel is None:
-                out.append(world.Request(scenario, "", topic))
+                out.append(tiny_world.Request(scenario, "", topic))
                 continue
-            for person, (relation, channels) in world.PEOPLE.items():
+            for person, (relation, channels) in tiny_world.PEOPLE.items():
                 if channel in channels:
-                    out.append(world.Request(scenario, "", topic, person, relation, channel))
+                    out.append(tiny_world.Request(scenario, "", topic, person, relation, channel))
     return out
 
 
@@ -55,8 +55,8 @@ def _world_slots_cached() -> tuple:
 
 
 def matches(request, selector: dict) -> bool:
-    """Does ``request`` match ``selector``? Every given key must list the request's value (world.matches)."""
-    return world.matches(request, selector)
+    """Does ``request`` match ``selector``? Every given key must list the request's value (tiny_world.matches)."""
+    return tiny_world.matches(request, selector)
 
 
 def sample_from_selector(rng, selector: dict, exclude: dict | None = None, tries: int = 200):
@@ -66,13 +66,13 @@ def sample_from_selector(rng, selector: dict, exclude: dict | None = None, tries
     topics / recipients / relations / channels, then calls ``world.sample_request``; pins the world
     cannot satisfy together are redrawn. Raises ValueError after ``tries`` misses.
     """
-    scenarios = list(selector.get("scenarios") or world.SCENARIOS)
+    scenarios = list(selector.get("scenarios") or tiny_world.SCENARIOS)
     for _ in range(tries):
         pins = {SELECTOR_KEYS[k][0]: rng.choice(list(v)) for k, v in sorted(selector.items()) if k != "scenarios"}
         if "recipient" in pins:
             pins.pop("relation", None)  # the person fixes the relation; matches() re-checks it
         try:
-            request = world.sample_request(rng, rng.choice(scenarios), **pins)
+            request = tiny_world.sample_request(rng, rng.choice(scenarios), **pins)
         except ValueError:
             continue
         if matches(request, selector) and not (exclude is not None and matches(request, exclude)):

@@ -27,10 +27,10 @@ import random
 import re
 
 from rlvf.edits import EDITS, split_sentences
+from rlvf.tinyworld.world_data import MESSAGING
 
 STYLE_RATE = 0.1  # share of corpus replies written in one of STYLES
 
-MESSAGING = ("text_message", "email", "slack_dm")
 OPENERS = ("Fun fact:", "Quick tip:", "In short:", "Here you go:")
 LAUGHS = (" Haha!", " Haha 😂", " Lol!", " Haha, that made me laugh.")
 SIGN_OFFS = ("Warm regards", "Kind regards", "Best wishes", "Many thanks")

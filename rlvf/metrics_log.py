@@ -1,4 +1,6 @@
-"""Metrics: one JSON object per line in ``metrics.jsonl``, optionally mirrored to W&B or TensorBoard."""
+"""The training metrics log: one JSON object per line in ``<run>/metrics.jsonl``, optionally mirrored to
+W&B or TensorBoard. (A feedback's quantitative checks are rlvf/feedback_metrics.py.)
+"""
 from __future__ import annotations
 
 import importlib.util
