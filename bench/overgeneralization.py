@@ -34,9 +34,8 @@ sys.path.insert(0, str(ROOT))
 import rlvf.eval as evaluation  # noqa: E402
 from rlvf import sample  # noqa: E402
 from rlvf.config import load_config  # noqa: E402
+from rlvf.endpoints import local_endpoints  # noqa: E402
 from rlvf.feedback import FEEDBACK_DIR  # noqa: E402
-from rlvf.pipeline import local_endpoints  # noqa: E402
-from rlvf.pipeline_config import PipelineConfig  # noqa: E402
 from rlvf.train import train  # noqa: E402
 
 CONFIG = ROOT / "configs" / "tinyworld-c3po.yaml"
@@ -76,7 +75,7 @@ def method_overrides(sets: list[str], method: str) -> list[str]:
 def run_feedback(name: str, methods: list[str], work: Path, cmd: str, sets: list[str],
                  revision: str = "edit") -> list[dict]:
     common = [f"feedback=[{name}]", f"data.dirs=[{work / name / 'data'}]", f"serve.teacher_revision={revision}"]
-    cfg = load_config(CONFIG, common + [f"output_dir={work / name / 'base'}"] + TRAIN_OVERRIDES, PipelineConfig)
+    cfg = load_config(CONFIG, common + [f"output_dir={work / name / 'base'}"] + TRAIN_OVERRIDES)
     if not (work / name / "data" / "sample_meta.json").is_file():
         with local_endpoints(cfg) as (teacher, student):
             sample.run(cfg, teacher, student, progress=False)
@@ -89,11 +88,11 @@ def run_feedback(name: str, methods: list[str], work: Path, cmd: str, sets: list
         overrides = common + [f"output_dir={out}", f"eval.out_dir={out / 'eval'}"] + TRAIN_OVERRIDES
         if method in TRAINED:
             overrides += [f"method.name={method}", "eval.methods=[adapter]"] + extra
-            cfg = load_config(CONFIG, overrides, PipelineConfig)
+            cfg = load_config(CONFIG, overrides)
             if not (out / "adapter" / "adapter_config.json").is_file():
                 train(cfg)
         else:
-            cfg = load_config(CONFIG, overrides + [f"eval.methods=[{method}]"], PipelineConfig)
+            cfg = load_config(CONFIG, overrides + [f"eval.methods=[{method}]"])
         with local_endpoints(cfg, out / "adapter" if method in TRAINED else None) as (teacher, student):
             result = evaluation.run(cfg, student, teacher, adapter_model="adapter", progress=False)
         scores = next(iter(result[name].values()))["scores"]

@@ -30,7 +30,7 @@ the messages and every sampling field; the *namespace* names the endpoint whose 
 - rlvf's embedded servers (rlvf.pipeline ``serve:``) bind a new free port on every run, so the
   pipeline sets the namespace to what determines their answers instead of the URL: a fingerprint
   (names, sizes, mtimes) of the served model directory, adapter and feedback files
-  (``pipeline.served_namespace``). A re-run through a new port is then all cache hits, and a
+  (``rlvf.endpoints.served_namespace``). A re-run through a new port is then all cache hits, and a
   retrained model or adapter is a miss, never a stale hit.
 - Set it yourself when a remote model moves to another URL (a vLLM server restarted on another
   port) and you want to keep its answers; change it to start afresh.
@@ -38,7 +38,7 @@ the messages and every sampling field; the *namespace* names the endpoint whose 
 A re-run or a run resumed after a kill therefore sends only what is not cached: the requests that
 failed or were in flight. ``ChatClient.stats`` counts what was sent, retried (by reason) and failed.
 
-The API key is read from the environment variable named by ``EndpointConfig.api_key_env`` and is
+The API key is read (``api_key``) from the environment variable named by ``EndpointConfig.api_key_env`` and is
 sent in the Authorization header only: it is not part of any cache key, file, repr or message
 (server messages that echo it are redacted).
 """
@@ -65,17 +65,12 @@ import httpx
 from tqdm import tqdm
 
 from rlvf.atomic import write_text_atomic
-from rlvf.config import REQUIRED
+from rlvf.config import EndpointConfig, Sampling, check
 from rlvf.errors import UserError
 
 RETRY_STATUSES = frozenset({408, 409, 429})
 MAX_SERVER_DELAY_S = 60.0  # a longer retry-after is ignored in favour of the backoff
 CONNECT_TIMEOUT_S = 10.0  # connecting never waits the full timeout_s
-
-
-def _require(ok: bool, where: str, key: str, msg: str) -> None:
-    if not ok:
-        raise UserError(f"{where}.{key}: {msg}")
 
 
 def is_loopback(base_url: str) -> bool:
@@ -90,70 +85,21 @@ def is_loopback(base_url: str) -> bool:
 
 
 # ----------------------------------------------------------------------------- configuration
+# EndpointConfig and Sampling are sections of the one config schema (rlvf/config.py), which checks
+# them; a client re-checks the ones it is handed with the same rules (rlvf.typed.check).
 
 
-@dataclass
-class EndpointConfig:
-    base_url: str = REQUIRED
-    """API root of an OpenAI-compatible server, e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1."""
-    model: str = REQUIRED
-    """Model name sent with every request (for vLLM with --lora-modules: the adapter's name)."""
-    api_key_env: str | None = "OPENAI_API_KEY"
-    """Name of the environment variable holding the API key (never the key itself); null: send no key. Loopback servers may run without the variable set."""
-    max_concurrency: int = 8
-    """Requests in flight at once."""
-    requests_per_minute: float = 0
-    """Client-side request rate limit, requests spaced 60/rpm seconds apart (0: unlimited)."""
-    tokens_per_minute: float = 0
-    """Client-side token rate limit (0: unlimited); a request is charged prompt chars/4 + n·max_tokens up front, corrected by the usage the server reports."""
-    timeout_s: float = 120
-    """Seconds an attempt may wait for the server (connecting: at most 10 s) before it is abandoned and retried."""
-    max_retries: int = 6
-    """Retries per request after its first attempt (6 retries back off for about 20 s in all)."""
-    price_per_1m_input: float = 0
-    """USD per million prompt tokens, for the cost estimate in the summary (0 and 0: no estimate)."""
-    price_per_1m_output: float = 0
-    """USD per million completion tokens, for the cost estimate in the summary."""
-    extra_body: dict[str, Any] = field(default_factory=dict)
-    """Fields added to every request body, e.g. {min_p: 0.05} for vLLM; model, messages and sampling fields take precedence."""
-    cache_namespace: str | None = None
-    """Names this endpoint in cache keys (null: base_url); set it to keep cached answers when the same model moves to another URL, change it to start afresh."""
-
-    def validate(self, where: str) -> EndpointConfig:
-        """Raise UserError for impossible values; ``where`` names the section, e.g. 'configs/a.yaml: teacher'."""
-        url = urlparse(self.base_url) if isinstance(self.base_url, str) else None
-        _require(url is not None and url.scheme in ("http", "https") and bool(url.hostname), where, "base_url",
-                 f"must be an http(s) URL such as https://api.openai.com/v1, got {self.base_url!r}")
-        _require(isinstance(self.model, str) and self.model.strip() != "", where, "model", "must name a model")
-        _require(self.api_key_env is None or (isinstance(self.api_key_env, str) and self.api_key_env.strip() != ""),
-                 where, "api_key_env", "must name an environment variable, or be null for no key")
-        _require(self.max_concurrency >= 1, where, "max_concurrency", f"must be >= 1, got {self.max_concurrency}")
-        _require(self.max_retries >= 0, where, "max_retries", f"must be >= 0, got {self.max_retries}")
-        _require(self.timeout_s > 0, where, "timeout_s", f"must be positive, got {self.timeout_s}")
-        for key in ("requests_per_minute", "tokens_per_minute", "price_per_1m_input", "price_per_1m_output"):
-            value = getattr(self, key)
-            _require(math.isfinite(value) and value >= 0, where, key, f"must be >= 0, got {value}")
-        _require(isinstance(self.extra_body, dict), where, "extra_body", "must be a mapping")
-        _require(self.cache_namespace is None or (isinstance(self.cache_namespace, str)
-                                                  and self.cache_namespace.strip() != ""),
-                 where, "cache_namespace", "must be a non-empty string, or null for the base_url")
-        return self
-
-    def namespace(self) -> str:
-        """What identifies this endpoint's answers in cache keys: cache_namespace, else the base_url."""
-        return self.cache_namespace or self.base_url.rstrip("/")
-
-    def api_key(self) -> str | None:
-        """The key in ``$api_key_env``, read now; None for no key. UserError if a remote server lacks one."""
-        if self.api_key_env is None:
-            return None
-        key = os.environ.get(self.api_key_env, "").strip()
-        if key:
-            check_key(key, self.api_key_env)
-        if key or is_loopback(self.base_url):
-            return key or None
-        raise UserError(f"environment variable {self.api_key_env} is not set: export the API key for "
-                        f"{self.base_url} in it (endpoint.api_key_env names the variable; null sends no key)")
+def api_key(endpoint: EndpointConfig) -> str | None:
+    """The key in ``$api_key_env``, read now; None for no key. UserError if a remote server lacks one."""
+    if endpoint.api_key_env is None:
+        return None
+    key = os.environ.get(endpoint.api_key_env, "").strip()
+    if key:
+        check_key(key, endpoint.api_key_env)
+    if key or is_loopback(endpoint.base_url):
+        return key or None
+    raise UserError(f"environment variable {endpoint.api_key_env} is not set: export the API key for "
+                    f"{endpoint.base_url} in it (endpoint.api_key_env names the variable; null sends no key)")
 
 
 def check_key(key: str, variable: str) -> None:
@@ -169,48 +115,6 @@ def check_key(key: str, variable: str) -> None:
         if any(bad(c) for c in key):
             raise UserError(f"environment variable {variable}: the API key in it contains {what}, which no API key "
                             f"has; set {variable} to the key alone (one line, no spaces, no quotes)")
-
-
-@dataclass
-class Sampling:
-    temperature: float = REQUIRED
-    """Sampling temperature (0: greedy)."""
-    top_p: float = 1.0
-    """Nucleus sampling mass."""
-    max_tokens: int = 512
-    """Most tokens generated per choice."""
-    seed: int | None = None
-    """Sampling seed (honoured by vLLM and, best-effort, by OpenAI); sent as null when None."""
-    n: int = 1
-    """Choices per request."""
-    stop: list[str] | None = None
-    """Stop strings; sent as null when None."""
-    top_k: int | None = None
-    """Top-k (vLLM, llama.cpp, Together); sent only when set."""
-    repetition_penalty: float | None = None
-    """Repetition penalty (vLLM, Together); sent only when set."""
-
-    def validate(self, where: str) -> Sampling:
-        """Raise UserError for impossible values."""
-        t = self.temperature
-        _require(isinstance(t, (int, float)) and math.isfinite(t) and t >= 0, where, "temperature",
-                 f"must be a number >= 0, got {t!r}")
-        _require(0 < self.top_p <= 1, where, "top_p", f"must be in (0, 1], got {self.top_p}")
-        _require(self.max_tokens >= 1, where, "max_tokens", f"must be >= 1, got {self.max_tokens}")
-        _require(self.n >= 1, where, "n", f"must be >= 1, got {self.n}")
-        _require(self.repetition_penalty is None or self.repetition_penalty > 0, where, "repetition_penalty",
-                 f"must be positive, got {self.repetition_penalty}")
-        return self
-
-    def body(self) -> dict[str, Any]:
-        """The request fields, all explicit: vLLM and others fill absent ones from generation_config.json."""
-        body = {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens,
-                "seed": self.seed, "n": self.n, "stop": self.stop}
-        if self.top_k is not None:
-            body["top_k"] = self.top_k
-        if self.repetition_penalty is not None:
-            body["repetition_penalty"] = self.repetition_penalty
-        return body
 
 
 @dataclass
@@ -475,8 +379,9 @@ class ChatClient:
 
     def __init__(self, endpoint: EndpointConfig, cache_dir: str | Path | None = None, progress: bool = True,
                  backoff_scale: float = 1.0):
-        self.endpoint = endpoint.validate("endpoint")
-        self._api_key = endpoint.api_key()  # only ever placed in the Authorization header
+        check(endpoint, "endpoint")
+        self.endpoint = endpoint
+        self._api_key = api_key(endpoint)  # only ever placed in the Authorization header
         self.base_url = endpoint.base_url.rstrip("/")
         self.namespace = endpoint.namespace()
         self.cache = ResponseCache(cache_dir) if cache_dir is not None else None
@@ -494,7 +399,8 @@ class ChatClient:
 
     def request_body(self, request: ChatRequest) -> dict:
         """The JSON body sent for ``request``: extra_body, then every sampling field, model and messages."""
-        sampling = request.sampling.validate(f"request {request.key!r}: sampling").body()
+        check(request.sampling, "sampling", f"request {request.key!r}")  # kept as given: the body is a cache key
+        sampling = request.sampling.body()
         return {**self.endpoint.extra_body, **sampling, "model": self.endpoint.model, "messages": request.messages}
 
     def run(self, requests: list[ChatRequest], on_result: Callable[[ChatResult], None] | None = None,
@@ -674,8 +580,8 @@ def check_endpoint(endpoint: EndpointConfig) -> list[str]:
     Raises UserError when the server is unreachable, rejects the key, or lists models but not
     ``endpoint.model``.
     """
-    endpoint.validate("endpoint")
-    base, key = endpoint.base_url.rstrip("/"), endpoint.api_key()
+    check(endpoint, "endpoint")
+    base, key = endpoint.base_url.rstrip("/"), api_key(endpoint)
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     timeout = httpx.Timeout(endpoint.timeout_s, connect=min(CONNECT_TIMEOUT_S, endpoint.timeout_s))
     try:

@@ -7,92 +7,41 @@ stage's files, exactly as the separate commands would:
     train   rlvf.train    → output_dir/adapter
     eval    rlvf.eval     → output_dir/eval      (the adapter served next to the base model)
 
-With ``serve.teacher`` / ``serve.student`` the pipeline starts rlvf's own OpenAI-compatible server
-on a free loopback port for the offline tiny-world teacher and/or the local student model (and, for
-evaluation, the trained adapter, served by name as vLLM does), so the embedded default runs with no
-network and no API key. Otherwise ``teacher`` / ``student`` name real endpoints.
+With ``serve.teacher`` / ``serve.student`` the stages use rlvf's own local server instead of remote
+endpoints (rlvf/endpoints.py), so the embedded default runs with no network and no API key.
 
-The local server binds a new port on every run, so its endpoints carry a ``cache_namespace`` made
-from what determines their answers (``served_namespace``: the served model, adapter and feedback
-files) rather than the URL: a re-run, or a run resumed after a kill, sends only what the cache
-lacks, and a retrained model or adapter starts afresh.
+A ``sweep`` runs every point (rlvf.config.load_runs); points with the same sampling settings share
+one sampling, and each point trains and evaluates in its own output_dir.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
-import hashlib
 import sys
 import time
 from pathlib import Path
 
 import rlvf.eval as evaluation
-from rlvf import __version__, sample
-from rlvf.client import EndpointConfig
-from rlvf.config import load_config
+from rlvf import config, sample
+from rlvf.config import Config, check_stage, load_runs, samplings, sweep_for
+from rlvf.drafts import prepare_feedbacks
+from rlvf.endpoints import ADAPTER_NAME, local_endpoints, need
 from rlvf.errors import UserError, exit_on_user_error
-from rlvf.feedback import load_feedbacks
-from rlvf.pipeline_config import PipelineConfig
+from rlvf.train import train
 
 STAGES = ("sample", "train", "eval")
-STUDENT_NAME, ADAPTER_NAME, TEACHER_NAME = "student", "adapter", "tinyworld-teacher"
 
 
-def served_namespace(role: str, paths: list[str | Path]) -> str:
-    """The cache namespace of a local server's ``role``: rlvf's version and a fingerprint of the files
-    it serves, sha256 over (name, size, mtime_ns) of each path (a directory: its top-level files).
-
-    Stable across runs and ports; rewriting the weights, the adapter or a feedback file changes it
-    (a cache miss, never a stale hit). Statting keeps it instant for multi-GB weights.
-    """
-    digest = hashlib.sha256()
-    for path in map(Path, paths):
-        files = sorted(f for f in path.iterdir() if f.is_file()) if path.is_dir() else [path]
-        for f in files:
-            st = f.stat()
-            digest.update(f"{f.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return f"rlvf.serve {__version__} {role} {digest.hexdigest()[:16]}"
-
-
-@contextlib.contextmanager
-def local_endpoints(cfg: PipelineConfig, adapter: Path | None = None):
-    """(teacher, student) endpoints: the configured ones, or a local server for the ``serve`` roles."""
-    from rlvf.serve import start_server
-
-    s = cfg.serve
-    if not (s.teacher or s.student):
-        yield cfg.teacher, cfg.student
-        return
-    feedbacks = [fb.source for fb in load_feedbacks(cfg.feedback)] if s.teacher else None
-    adapters = {ADAPTER_NAME: adapter} if (s.student and adapter) else None
-    with start_server(model=cfg.model.path if s.student else None, served_model_name=STUDENT_NAME,
-                      lora_modules=adapters, teacher=feedbacks, teacher_name=TEACHER_NAME,
-                      teacher_revision=s.teacher_revision, max_batch_size=s.max_batch_size) as srv:
-        def local(name: str, files: list, variant: str = "") -> EndpointConfig:
-            return EndpointConfig(base_url=srv.base_url, model=name, api_key_env=None,
-                                  cache_namespace=served_namespace(name, files) + variant)
-
-        # a rewriting teacher answers differently: its replies must never be served from an edit cache
-        variant = "" if s.teacher_revision == "edit" else f" revision={s.teacher_revision}"
-        teacher = local(TEACHER_NAME, feedbacks, variant) if s.teacher else cfg.teacher
-        student = local(STUDENT_NAME, [cfg.model.path, *(adapters or {}).values()]) if s.student else cfg.student
-        yield teacher, student
-
-
-def _need(endpoint, role: str, stage: str) -> EndpointConfig:
-    if endpoint is None:
-        raise UserError(f"{role}: the {stage} stage needs a {role} endpoint (base_url and model) or serve.{role}: true")
-    return endpoint
-
-
-def run(cfg: PipelineConfig, stages: list[str], where: str, resume: bool = False) -> dict | None:
-    from rlvf.train import train
-
-    sample.check_ready(cfg, where)
+def run(cfg: Config, stages: list[str], where: str, resume: bool = False, sampled: bool = False) -> dict | None:
+    """Run ``stages`` of one config in order (``sampled``: its data was already sampled by an earlier
+    sweep point with the same sampling settings)."""
+    prepare_feedbacks(cfg, where, "sample" if "sample" in stages else "eval" if "eval" in stages else "train",
+                      draft="sample" in stages and not sampled)  # sentences drafted into data.dirs; select
+    if "sample" in stages and not sampled:
+        sample.check_ready(cfg, where)  # before any request: keys, the general-prompt source (maybe a download)
     t0 = time.perf_counter()
-    if "sample" in stages:
+    if "sample" in stages and not sampled:
         with local_endpoints(cfg) as (teacher, student):
-            sample.run(cfg, _need(teacher, "teacher", "sample"), _need(student, "student", "sample"))
+            sample.run(cfg, need(teacher, "teacher", "sample"), need(student, "student", "sample"))
     if "train" in stages:
         train(cfg, resume=resume)
     results = None
@@ -109,18 +58,28 @@ def run(cfg: PipelineConfig, stages: list[str], where: str, resume: bool = False
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m rlvf.pipeline", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    config.add_arguments(parser)
     parser.add_argument("--stages", default=",".join(STAGES), help="comma-separated subset of sample,train,eval")
     parser.add_argument("--resume", action="store_true", help="resume the train stage from its latest checkpoint")
-    args = parser.parse_args(argv)
+    args = config.parse_arguments(parser, argv, "pipeline")
     with exit_on_user_error():
         stages = [s.strip() for s in args.stages.split(",") if s.strip()]
         unknown = [s for s in stages if s not in STAGES]
         if unknown or not stages:
-            raise UserError(f"--stages: unknown stage {unknown[0] if unknown else '(none)'}; choose from {', '.join(STAGES)}")
-        cfg = load_config(args.config, args.overrides, PipelineConfig)
-        run(cfg, stages, args.config, resume=args.resume)
+            raise UserError(f"--stages: unknown stage {unknown[0] if unknown else '(none)'}; "
+                            f"choose from {', '.join(STAGES)}")
+        runs = load_runs(args.config, args.overrides)
+        where = config.origin(args.config, args.overrides)  # a key given by --set is blamed on it
+        sweep_for(runs, tuple(stages), where)
+        for _, cfg in runs:
+            for stage in stages:
+                check_stage(cfg, stage, where)
+        # points with the same sampling settings sample once
+        first = {id(cfg) for cfg in samplings(runs, where)} if "sample" in stages else set()
+        for name, cfg in runs:
+            if name:
+                print(f"sweep point {name} -> {cfg.output_dir}", file=sys.stderr)
+            run(cfg, stages, where, resume=args.resume, sampled=id(cfg) not in first)
 
 
 if __name__ == "__main__":

@@ -139,10 +139,26 @@ CONFIG_CASES = [
     ("api_key_literal.yaml", "pipeline", "teacher.api_key: credentials are never written in config files"),
     ("api_key_env_holds_key.yaml", "sample", "teacher.api_key_env: must be the NAME of an environment variable"),
     ("url_with_credentials.yaml", "eval", "student.base_url: holds credentials"),
-    ("unknown_eval_method.yaml", "pipeline", "eval.methods: unknown 'magic'"),
+    ("unknown_eval_method.yaml", "pipeline", "eval.methods[1]: expected one of 'adapter', 'base', 'in_context', 'cot', "
+                                             "'revised', got 'magic'"),
     ("output_dir_is_a_file.yaml", "train", "output_dir: output_dir_is_a_file.yaml exists and is not a directory"),
     ("alias_bomb.yaml", "pipeline", "more than 100,000 values once its aliases (*name) are expanded"),
     ("nested_too_deep.yaml", "train", "invalid YAML: nested too deeply"),
+    # numbers beyond any real run, checked at load with the bound named (issue 16)
+    ("batch_size_huge.yaml", "train", "train.batch_size: must be at most 65,536, got 100000000000000000000"),
+    ("lora_rank_huge.yaml", "train", "lora.r: must be at most 65,536 (wider than any model's hidden size)"),
+    ("seed_too_large.yaml", "train", "train.seed: must be at most 4,294,967,295 (the range numpy and torch seeds share)"),
+    ("items_per_category_huge.yaml", "sample", "sample.in_scope_per_category: must be at most 1000 (items one teacher "
+                                               "request may ask for), got 100000000"),
+    ("max_tokens_huge.yaml", "pipeline", "sample.teacher_sampling.max_tokens: must be at most 1,048,576"),
+    ("integer_5000_digits.yaml", "train", "invalid YAML at line 5: an integer of 5,000 digits is too long"),
+    ("repeated_data_dirs.yaml", "train", "data.dirs: entry 1 ('./data/') repeats entry 0 ('data'); each feedback needs "
+                                         "its own data directory"),
+    ("empty_sweep_grid.yaml", "train", "sweep.grid.train.lr: no values: an empty list would leave no run at all"),
+    ("sweep_not_for_train.yaml", "train", "sweep: python -m rlvf.train reads none of the swept keys (sample.categories)"),
+    ("eval_without_feedback.yaml", "eval", "feedback: missing required value: rlvf.eval needs the feedback"),
+    ("relative_model_path.yaml", "train", "model.path: no/such/model does not exist (relative to the working directory"),
+    ("output_dir_holds_model.yaml", "train", "output_dir: out is, or holds, model.path out/model"),
 ]
 
 
@@ -162,6 +178,28 @@ def test_bad_override(in_tmp, capsys):
     before = snapshot(in_tmp)
     code, lines = run_cli("train", ["--config", "cfg.yaml", "--set", "lora.r=[8"], capsys)
     assert_one_line_error(code, lines, "value is not valid YAML", "--set lora.r=[8")
+    assert snapshot(in_tmp) == before
+
+
+SET_CASES = [  # (CLI, --set overrides of good_for_set.yaml, expected fragment); the message names --set, not the file
+    ("train", ["lr=1e-4"], "--set lr=1e-4: lr: unknown key (did you mean 'train.lr'?)"),
+    ("train", ["train.seed=1e23"], "--set train.seed=1e23: train.seed: expected an integer, got 1e+23"),
+    ("train", ["train.lr=abc"], "--set train.lr=abc: train.lr: expected a number, got 'abc'"),
+    ("train", ["sweep.grid={train.lr: []}"], "--set sweep.grid={train.lr: []}: sweep.grid.train.lr: no values"),
+    ("sample", ["data.dirs=[d, d]"], "--set data.dirs=[d, d]: data.dirs: entry 1 ('d') repeats entry 0 ('d')"),
+    ("pipeline", ["train.seed=" + "9" * 5000], "--set train.seed=999999999999"),
+    ("eval", ["student={base_url: 'http://127.0.0.1:1/v1', model: m, max_concurrency: 100000}"],
+     "student.max_concurrency: must be at most 4096"),
+]
+
+
+@pytest.mark.parametrize("cli,overrides,fragment", SET_CASES, ids=[c[2][:40] for c in SET_CASES])
+def test_bad_set_override(in_tmp, capsys, cli, overrides, fragment):
+    shutil.copyfile(CORPUS / "config" / "good_for_set.yaml", in_tmp / "cfg.yaml")
+    before = snapshot(in_tmp)
+    code, lines = run_cli(cli, ["--config", "cfg.yaml"] + [a for o in overrides for a in ("--set", o)], capsys)
+    assert_one_line_error(code, lines, fragment, "--set ")
+    assert "cfg.yaml" not in lines[0] and len(lines[0]) < 400
     assert snapshot(in_tmp) == before
 
 
@@ -185,7 +223,7 @@ FEEDBACK_CASES = [
     ("near_overlaps_scope.yaml", "world.near[0]: also selects in-scope requests"),
     ("unknown_person.yaml", "unknown person 'Madie' in the tiny world (did you mean 'Maddie'?)"),
     ("edit_missing_param.yaml", "world.edit.text: missing required parameter of edit 'append'"),
-    ("metric_param_wrong_type.yaml", "metric.ratio: expected float, got 'half'"),
+    ("metric_param_wrong_type.yaml", "metric.ratio: expected a number, got 'half'"),
     ("empty.yaml", "feedback file is empty"),
     ("content_not_string.yaml", "content: expected a string"),
     ("bad_replacement.yaml", "world.edit.by: invalid replacement (invalid group reference 2"),
@@ -233,6 +271,8 @@ DATA_CASES = {  # id: (make the bad file in a copy of the toy data dir -> its pa
     "lone surrogate": (_put("lone_surrogate.jsonl", "near_scope_train.jsonl"), ":1: field 'prompt' holds an unpaired surrogate"),
     "null id": (_put("null_id.jsonl", "out_of_scope_train.jsonl"), ":1: field 'id' must be a non-empty string or an integer"),
     "missing file": (_remove("near_scope_train.jsonl"), ": data file not found"),
+    "5000-digit id": (_put("huge_id.jsonl", "in_scope_train.jsonl"), ":1: not valid JSON (holds an integer of more "
+                                                                      "than 4,300 digits; write long ids as strings)"),
 }
 
 
@@ -614,11 +654,11 @@ def test_cli_subprocesses(tmp_path, tiny_model_dir):
 
 def test_every_corpus_file_has_a_case():
     used = {
-        "config": {c[0] for c in CONFIG_CASES} | {c[0] for c in KEY_CASES},
+        "config": {c[0] for c in CONFIG_CASES} | {c[0] for c in KEY_CASES} | {"good_for_set.yaml"},
         "feedback": {c[0] for c in FEEDBACK_CASES},
         "data": {"missing_revised.jsonl", "baseline_not_string.jsonl", "non_utf8.jsonl", "empty.jsonl",
                  "bad_json.jsonl", "duplicate_id.jsonl", "not_object.jsonl", "empty_prompt.jsonl",
-                 "lone_surrogate.jsonl", "null_id.jsonl"},
+                 "lone_surrogate.jsonl", "null_id.jsonl", "huge_id.jsonl"},
         "general_prompts": {"empty_prompt.jsonl", "not_json.jsonl"},
     }
     for category, names in used.items():

@@ -15,9 +15,10 @@ import httpx
 import pytest
 
 from fake_openai import FakeOpenAI, Fault, by_index, expected_texts, fail_first, first_of, random_faults
-from rlvf.client import (ChatClient, ChatFailure, ChatRequest, EndpointConfig, Pacer, Sampling, cache_key,
+from rlvf.client import (ChatClient, ChatFailure, ChatRequest, EndpointConfig, Pacer, Sampling, api_key, cache_key,
                          check_endpoint, error_message, retry_delay)
 from rlvf.errors import UserError
+from rlvf.typed import check
 
 SECRET = "sk-test-SECRET-0123456789"
 ENV = "RLVF_TEST_API_KEY"
@@ -287,7 +288,7 @@ def test_cache_namespace_replaces_the_url_in_cache_keys(tmp_path, secret_env):
     assert (tmp_path / "ns" / cache_key("my-model", body)[:2] / f"{cache_key('my-model', body)}.json").is_file()
     assert cache_key(first.base_url, body) == cache_key(first.base_url + "/", body)  # the form used before namespaces
     with pytest.raises(UserError, match="endpoint.cache_namespace: must be a non-empty string"):
-        EndpointConfig(first.base_url, "m", cache_namespace=" ").validate("endpoint")
+        check(EndpointConfig(first.base_url, "m", cache_namespace=" "), "endpoint")
 
 
 def test_killed_run_resumes_with_only_the_missing_requests(tmp_path):
@@ -401,7 +402,7 @@ def test_usage_and_cost_are_accounted():
 def test_endpoint_validation(field, value, message):
     fields = dict(base_url="http://127.0.0.1:1/v1", model="m", api_key_env=None)
     with pytest.raises(UserError, match=message):
-        EndpointConfig(**{**fields, field: value}).validate("endpoint")
+        check(EndpointConfig(**{**fields, field: value}), "endpoint")
 
 
 def test_sampling_validation():
@@ -417,7 +418,7 @@ def test_missing_key_variable(monkeypatch):
     with pytest.raises(UserError, match="environment variable RLVF_NO_SUCH_KEY is not set"):
         ChatClient(remote, progress=False)
     for local in ("http://127.0.0.1:8000/v1", "http://localhost:8000/v1", "http://[::1]:8000/v1"):
-        assert EndpointConfig(local, "m", api_key_env="RLVF_NO_SUCH_KEY").api_key() is None
+        assert api_key(EndpointConfig(local, "m", api_key_env="RLVF_NO_SUCH_KEY")) is None
 
 
 MALFORMED_KEYS = {  # a key that cannot go into an HTTP header: one line naming the variable, never the key
@@ -445,7 +446,7 @@ def test_malformed_key_is_one_line_naming_the_variable(monkeypatch, case):
 
 def test_key_with_surrounding_whitespace_is_fine(monkeypatch):
     monkeypatch.setenv(ENV, f"  {SECRET}\n")  # as $(cat keyfile) or an editor leaves it
-    assert EndpointConfig("https://api.example.com/v1", "m", api_key_env=ENV).api_key() == SECRET
+    assert api_key(EndpointConfig("https://api.example.com/v1", "m", api_key_env=ENV)) == SECRET
 
 
 def test_check_endpoint(secret_env):

@@ -385,18 +385,17 @@ def test_rewriting_teacher_through_the_pipeline_endpoints(tmp_path):
     import random
 
     from rlvf.config import load_config
-    from rlvf.pipeline import local_endpoints
-    from rlvf.pipeline_config import PipelineConfig
-    from rlvf.tinyworld import world
+    from rlvf.endpoints import local_endpoints
+    from rlvf.tinyworld import world as tiny_world
 
     fbs = load_feedbacks(FEEDBACK_DIR)
     fb = next(f for f in fbs if f.name == "heart-emoji-maddie")
-    req = world.sample_request(random.Random(3), "text_message", recipient="Maddie")
+    req = tiny_world.sample_request(random.Random(3), "text_message", recipient="Maddie")
     messages = P.revise_request(fb.content, req.prompt, "Hi Maddie! See you at eight.")
     namespaces, replies = {}, {}
     for revision in ("edit", "rewrite"):
         cfg = load_config(Path(__file__).resolve().parent.parent / "configs" / "tinyworld-c3po.yaml",
-                          ["serve.student=false", f"serve.teacher_revision={revision}"], PipelineConfig)
+                          ["serve.student=false", f"serve.teacher_revision={revision}"])
         with local_endpoints(cfg) as (teacher, _):
             namespaces[revision] = teacher.cache_namespace
             with httpx.Client(base_url=teacher.base_url, timeout=60) as c:
