@@ -39,17 +39,18 @@ def fused_c3po_loss(
     chunk_size: int = 1024,
     softcap: float | None = None,
     backend: str | None = None,
+    bias: torch.Tensor | None = None,
 ) -> LossOutput:
     """The micro-batch loss of ``method`` (an rlvf.config.MethodConfig) with one fused log-prob call.
 
-    hidden (M, H) and weight (V, H) of one dtype; targets (M,) long (ignore_index rows count for
-    nothing); seq_index (M,) long, the sequence of each row in ``layout`` order; ref_chosen,
-    ref_rejected (P,) reference per-sequence log-probs; kl (N + O,) for constraint: kd (see
-    ``method_loss``). ``backend``: see kernels/dispatch.py. No (M, V) tensor is kept.
+    hidden (M, H), weight (V, H) and the head's bias (V,) or None, of one dtype; targets (M,) long
+    (ignore_index rows count for nothing); seq_index (M,) long, the sequence of each row in
+    ``layout`` order; ref_chosen, ref_rejected (P,) reference per-sequence log-probs; kl (N + O,) for
+    constraint: kd (see ``method_loss``). ``backend``: see kernels/dispatch.py. No (M, V) tensor is kept.
     """
     if seq_index.shape != targets.shape:
         raise ValueError(f"seq_index {tuple(seq_index.shape)} must match targets {tuple(targets.shape)}")
-    token_logps = linear_logprobs(hidden, weight, targets, ignore_index, chunk_size, softcap, backend)  # (M,)
+    token_logps = linear_logprobs(hidden, weight, targets, ignore_index, chunk_size, softcap, backend, bias)  # (M,)
     logps = token_logps.new_zeros(layout.n_seq).index_add(0, seq_index, token_logps)  # (S,)
     valid = (targets != ignore_index).long()  # (M,)
     n_tokens = torch.zeros(layout.n_seq, dtype=torch.long, device=valid.device).index_add(0, seq_index, valid)
@@ -67,9 +68,10 @@ def naive_c3po_loss(
     ref_rejected: torch.Tensor | None = None,
     kl: torch.Tensor | None = None,
     softcap: float | None = None,
+    bias: torch.Tensor | None = None,
 ) -> LossOutput:
     """Reference: full (M, V) logits, per-sequence sums by a Python loop, then ``method_loss``."""
-    token_logps = naive_linear_logprobs(hidden, weight, targets, softcap=softcap)  # (M,), 0 on ignored
+    token_logps = naive_linear_logprobs(hidden, weight, targets, softcap=softcap, bias=bias)  # (M,), 0 on ignored
     rows = [seq_index == s for s in range(layout.n_seq)]
     logps = torch.stack([token_logps[r].sum() for r in rows])  # (S,)
     n_tokens = torch.stack([(targets[r] != IGNORE_INDEX).sum() for r in rows])  # (S,)

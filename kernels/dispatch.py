@@ -54,14 +54,16 @@ def linear_logprobs(
     chunk_size: int = 1024,
     softcap: float | None = None,
     backend: str | None = None,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-token log π(y | h) (N,) fp32 via ``triton_linear_logprobs`` or ``chunked_linear_logprobs``
     (same arguments and result; see kernels/linear_logprob.py)."""
-    if pick_backend(hidden, weight, backend=backend) == "triton":
+    heads = (weight,) if bias is None else (weight, bias)
+    if pick_backend(hidden, *heads, backend=backend) == "triton":
         from .linear_logprob_triton import triton_linear_logprobs
 
-        return triton_linear_logprobs(hidden, weight, targets, ignore_index, chunk_size, softcap)
-    return chunked_linear_logprobs(hidden, weight, targets, ignore_index, chunk_size, softcap)
+        return triton_linear_logprobs(hidden, weight, targets, ignore_index, chunk_size, softcap, bias)
+    return chunked_linear_logprobs(hidden, weight, targets, ignore_index, chunk_size, softcap, bias)
 
 
 def linear_kl(
@@ -74,11 +76,12 @@ def linear_kl(
     softcap: float | None = None,
     ref_weight: torch.Tensor | None = None,
     backend: str | None = None,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-token KL(π_ref ‖ π) (N,) fp32 via ``triton_linear_kl`` or ``chunked_linear_kl`` (same arguments)."""
-    heads = (weight,) if ref_weight is None else (weight, ref_weight)
+    heads = tuple(t for t in (weight, ref_weight, bias) if t is not None)
     if pick_backend(hidden, ref_hidden, *heads, backend=backend) == "triton":
         from .linear_logprob_triton import triton_linear_kl
 
-        return triton_linear_kl(hidden, ref_hidden, weight, mask, temperature, chunk_size, softcap, ref_weight)
-    return chunked_linear_kl(hidden, ref_hidden, weight, mask, temperature, chunk_size, softcap, ref_weight)
+        return triton_linear_kl(hidden, ref_hidden, weight, mask, temperature, chunk_size, softcap, ref_weight, bias)
+    return chunked_linear_kl(hidden, ref_hidden, weight, mask, temperature, chunk_size, softcap, ref_weight, bias)

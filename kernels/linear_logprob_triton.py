@@ -32,6 +32,8 @@ and weight), the kernels upcast the logits to fp32 for softcap / softmax, output
 is rounded to the input dtype (in place) before the gradient matmuls.
 
 Softcap is supported in the kernels (tanh written with exp, which Triton's interpreter also has).
+An lm_head bias b (V,) is added by cuBLAS with the matmul (z = h Wᵀ + b, one addmm), so the kernels
+never see it; its gradient is the column sum of ∂L/∂z, one reduction per chunk.
 fp64 inputs are not: the dispatcher (kernels/dispatch.py) sends them to the pure-torch path.
 Under ``TRITON_INTERPRET=1`` (set before this module is imported) the kernels run on CPU tensors,
 which is how the default test-suite checks them without a GPU.
@@ -39,6 +41,7 @@ which is how the default test-suite checks them without a GPU.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -231,6 +234,11 @@ def _accumulate_fp32(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> Non
     acc += (a @ b).to(acc.dtype)  # CPU / older torch: one rounding to the input dtype per chunk
 
 
+def _head_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """One chunk's logits h Wᵀ (+ b): (n, H) × (V, H) → (n, V) in the input dtype, a fresh buffer."""
+    return hidden @ weight.T if bias is None else F.linear(hidden, weight, bias)
+
+
 def _no_autocast(t: torch.Tensor):
     """The matmuls here run in the inputs' dtype, forward and backward alike (the wrappers check that
     hidden and weight share one), whatever torch.autocast is active around the call."""
@@ -254,7 +262,7 @@ def _check_triton_inputs(hidden: torch.Tensor, *others: torch.Tensor) -> None:
 # --------------------------------------------------------------------------- log-probs: host side
 
 
-def linear_logprob_forward(hidden, weight, targets, ignore_index, chunk_size, softcap, direction: bool):
+def linear_logprob_forward(hidden, weight, targets, ignore_index, chunk_size, softcap, direction: bool, bias=None):
     """Forward over row chunks: log π_y (N,) fp32, lse (N,) fp32, and, if ``direction``, the
     frozen-head gradient directions d = (onehot(y) − p)·∂z/∂x @ W (N, H) in the input dtype."""
     n_rows = hidden.shape[0]
@@ -263,7 +271,7 @@ def linear_logprob_forward(hidden, weight, targets, ignore_index, chunk_size, so
     dirs = torch.empty_like(hidden) if direction else None  # (N, H)
     ones = torch.ones_like(lse) if direction else None  # g = 1: the kernel still zeroes ignored rows
     for s, e in _chunks(n_rows, chunk_size):
-        logits = hidden[s:e] @ weight.T  # (n, V), input dtype, cuBLAS
+        logits = _head_logits(hidden[s:e], weight, bias)  # (n, V), input dtype, cuBLAS
         _logprob_stats(logits, targets[s:e], lse[s:e], out[s:e], ignore_index, softcap)
         if direction:
             _logprob_grad_(logits, targets[s:e], lse[s:e], ones[s:e], ignore_index, softcap)
@@ -272,20 +280,25 @@ def linear_logprob_forward(hidden, weight, targets, ignore_index, chunk_size, so
 
 
 def linear_logprob_backward(grad_out, hidden, weight, targets, lse, ignore_index, chunk_size, softcap,
-                            need_hidden: bool, need_weight: bool):
-    """Recompute each chunk's logits, turn them into ∂L/∂(hWᵀ) in place, then ∂L/∂h = G W (n, H)
-    and ∂L/∂W += Gᵀ h (V, H) in fp32. Returns (grad_hidden | None, grad_weight | None)."""
+                            need_hidden: bool, need_weight: bool, bias=None, need_bias: bool = False):
+    """Recompute each chunk's logits, turn them into ∂L/∂(hWᵀ + b) in place, then ∂L/∂h = G W (n, H),
+    ∂L/∂W += Gᵀ h (V, H) and ∂L/∂b += Σ_rows G (V,) in fp32.
+    Returns (grad_hidden | None, grad_weight | None, grad_bias | None)."""
     g = grad_out.to(torch.float32).contiguous()  # (N,)
     grad_hidden = torch.empty_like(hidden) if need_hidden else None  # (N, H)
     grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
+    grad_bias = torch.zeros(weight.shape[:1], dtype=torch.float32, device=weight.device) if need_bias else None
     for s, e in _chunks(hidden.shape[0], chunk_size):
-        logits = hidden[s:e] @ weight.T  # (n, V)
+        logits = _head_logits(hidden[s:e], weight, bias)  # (n, V)
         _logprob_grad_(logits, targets[s:e], lse[s:e], g[s:e], ignore_index, softcap)  # G, (n, V)
         if need_hidden:
             grad_hidden[s:e] = logits @ weight  # (n, H)
         if need_weight:
             _accumulate_fp32(grad_weight, logits.T, hidden[s:e])  # (V, H)
-    return grad_hidden, (grad_weight.to(weight.dtype) if need_weight else None)
+        if need_bias:
+            grad_bias += logits.sum(0, dtype=torch.float32)  # (V,)
+    return (grad_hidden, (grad_weight.to(weight.dtype) if need_weight else None),
+            (grad_bias.to(bias.dtype) if need_bias else None))
 
 
 def _scale_rows(dirs: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -297,18 +310,18 @@ class TritonLinearLogprob(torch.autograd.Function):
     """``ChunkedLinearLogprob`` with the per-row vocabulary work in Triton (see module doc)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, ignore_index, chunk_size, softcap):
-        need_hidden, need_weight = ctx.needs_input_grad[:2]
-        direction = need_hidden and not need_weight  # frozen head: gradient precomputed here
+    def forward(ctx, hidden, weight, targets, ignore_index, chunk_size, softcap, bias=None):
+        need_hidden, need_weight, need_bias = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[6]
+        direction = need_hidden and not need_weight and not need_bias  # frozen head: gradient precomputed here
         with _no_autocast(hidden):
             out, lse, dirs = linear_logprob_forward(
-                hidden, weight, targets, ignore_index, chunk_size, softcap, direction
+                hidden, weight, targets, ignore_index, chunk_size, softcap, direction, bias
             )
         ctx.direction = direction
         if direction:
             ctx.save_for_backward(dirs)
         else:
-            ctx.save_for_backward(hidden, weight, targets, lse)
+            ctx.save_for_backward(hidden, weight, targets, lse, bias)
         ctx.ignore_index, ctx.chunk_size, ctx.softcap = ignore_index, chunk_size, softcap
         return out
 
@@ -316,14 +329,14 @@ class TritonLinearLogprob(torch.autograd.Function):
     def backward(ctx, grad_out):
         if ctx.direction:
             (dirs,) = ctx.saved_tensors
-            return _scale_rows(dirs, grad_out), None, None, None, None, None
-        hidden, weight, targets, lse = ctx.saved_tensors
+            return _scale_rows(dirs, grad_out), None, None, None, None, None, None
+        hidden, weight, targets, lse, bias = ctx.saved_tensors
         with _no_autocast(hidden):
-            grads = linear_logprob_backward(
+            grad_hidden, grad_weight, grad_bias = linear_logprob_backward(
                 grad_out, hidden, weight, targets, lse, ctx.ignore_index, ctx.chunk_size, ctx.softcap,
-                *ctx.needs_input_grad[:2],
+                *ctx.needs_input_grad[:2], bias, ctx.needs_input_grad[6],
             )
-        return *grads, None, None, None, None
+        return grad_hidden, grad_weight, None, None, None, None, grad_bias
 
 
 def triton_linear_logprobs(
@@ -333,23 +346,24 @@ def triton_linear_logprobs(
     ignore_index: int = IGNORE_INDEX,
     chunk_size: int = 1024,
     softcap: float | None = None,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-token log π(y | h), 0 where target == ignore_index; drop-in for ``chunked_linear_logprobs``.
 
-    hidden (N, H), weight (V, H) (same dtype: fp32, bf16 or fp16), targets (N,) long → (N,) fp32,
-    differentiable in hidden and weight. Peak extra memory O(chunk_size · V).
+    hidden (N, H), weight (V, H) and bias (V,) or None (same dtype: fp32, bf16 or fp16), targets (N,)
+    long → (N,) fp32, differentiable in hidden, weight and bias. Peak extra memory O(chunk_size · V).
     """
-    _check_linear_inputs(hidden, weight, targets, chunk_size)
-    _check_triton_inputs(hidden, weight)
+    _check_linear_inputs(hidden, weight, targets, chunk_size, bias)
+    _check_triton_inputs(hidden, weight, *(() if bias is None else (bias,)))
     targets = targets.contiguous()
-    return TritonLinearLogprob.apply(hidden, weight, targets, ignore_index, chunk_size, softcap or None)
+    return TritonLinearLogprob.apply(hidden, weight, targets, ignore_index, chunk_size, softcap or None, bias)
 
 
 # --------------------------------------------------------------------------- KL(π_ref ‖ π): host side
 
 
 def linear_kl_forward(hidden, ref_hidden, weight, ref_weight, mask, temperature, chunk_size, softcap,
-                      direction: bool):
+                      direction: bool, bias=None):
     """Per-token KL (N,) fp32 (0 where ~mask), lse and ref_lse (N,) of z/T and z_ref/T, and, if
     ``direction``, d = mask·(p − q)/T·∂z/∂x @ W (N, H)."""
     n_rows = hidden.shape[0]
@@ -358,8 +372,8 @@ def linear_kl_forward(hidden, ref_hidden, weight, ref_weight, mask, temperature,
     dirs = torch.empty_like(hidden) if direction else None  # (N, H)
     g = mask.to(torch.float32)  # (N,): the direction of a masked-out row is 0
     for s, e in _chunks(n_rows, chunk_size):
-        logits = hidden[s:e] @ weight.T  # (n, V)
-        ref_logits = ref_hidden[s:e] @ ref_weight.T  # (n, V)
+        logits = _head_logits(hidden[s:e], weight, bias)  # (n, V)
+        ref_logits = _head_logits(ref_hidden[s:e], ref_weight, bias)  # (n, V), the same bias
         _kl_stats(logits, ref_logits, lse[s:e], ref_lse[s:e], kl[s:e], temperature, softcap)
         if direction:
             _kl_grad_(logits, ref_logits, lse[s:e], ref_lse[s:e], g[s:e], temperature, softcap)
@@ -368,38 +382,42 @@ def linear_kl_forward(hidden, ref_hidden, weight, ref_weight, mask, temperature,
 
 
 def linear_kl_backward(grad_kl, hidden, ref_hidden, weight, ref_weight, mask, lse, ref_lse, temperature,
-                       chunk_size, softcap, need_hidden: bool, need_weight: bool):
+                       chunk_size, softcap, need_hidden: bool, need_weight: bool, bias=None, need_bias: bool = False):
     """Recompute both heads' logits per chunk; ∂L/∂z = g·(p − q)/T in place; cuBLAS for h and W."""
     g = grad_kl.to(torch.float32).masked_fill(~mask, 0.0).contiguous()  # (N,)
     grad_hidden = torch.empty_like(hidden) if need_hidden else None  # (N, H)
     grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
+    grad_bias = torch.zeros(weight.shape[:1], dtype=torch.float32, device=weight.device) if need_bias else None
     for s, e in _chunks(hidden.shape[0], chunk_size):
-        logits = hidden[s:e] @ weight.T  # (n, V)
-        ref_logits = ref_hidden[s:e] @ ref_weight.T  # (n, V)
+        logits = _head_logits(hidden[s:e], weight, bias)  # (n, V)
+        ref_logits = _head_logits(ref_hidden[s:e], ref_weight, bias)  # (n, V)
         _kl_grad_(logits, ref_logits, lse[s:e], ref_lse[s:e], g[s:e], temperature, softcap)
         if need_hidden:
             grad_hidden[s:e] = logits @ weight  # (n, H)
         if need_weight:
             _accumulate_fp32(grad_weight, logits.T, hidden[s:e])  # (V, H)
-    return grad_hidden, (grad_weight.to(weight.dtype) if need_weight else None)
+        if need_bias:
+            grad_bias += logits.sum(0, dtype=torch.float32)  # (V,)
+    return (grad_hidden, (grad_weight.to(weight.dtype) if need_weight else None),
+            (grad_bias.to(bias.dtype) if need_bias else None))
 
 
 class TritonLinearKL(torch.autograd.Function):
-    """``ChunkedLinearKL`` with the per-row vocabulary work in Triton; gradient to hidden and weight only."""
+    """``ChunkedLinearKL`` with the per-row vocabulary work in Triton; gradient to hidden, weight and bias only."""
 
     @staticmethod
-    def forward(ctx, hidden, ref_hidden, weight, ref_weight, mask, temperature, chunk_size, softcap):
-        need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
-        direction = need_hidden and not need_weight
+    def forward(ctx, hidden, ref_hidden, weight, ref_weight, mask, temperature, chunk_size, softcap, bias=None):
+        need_hidden, need_weight, need_bias = (ctx.needs_input_grad[i] for i in (0, 2, 8))
+        direction = need_hidden and not need_weight and not need_bias
         with _no_autocast(hidden):
             kl, lse, ref_lse, dirs = linear_kl_forward(
-                hidden, ref_hidden, weight, ref_weight, mask, temperature, chunk_size, softcap, direction
+                hidden, ref_hidden, weight, ref_weight, mask, temperature, chunk_size, softcap, direction, bias
             )
         ctx.direction = direction
         if direction:
             ctx.save_for_backward(dirs)
         else:
-            ctx.save_for_backward(hidden, ref_hidden, weight, ref_weight, mask, lse, ref_lse)
+            ctx.save_for_backward(hidden, ref_hidden, weight, ref_weight, mask, lse, ref_lse, bias)
         ctx.temperature, ctx.chunk_size, ctx.softcap = temperature, chunk_size, softcap
         return kl
 
@@ -407,14 +425,15 @@ class TritonLinearKL(torch.autograd.Function):
     def backward(ctx, grad_kl):
         if ctx.direction:
             (dirs,) = ctx.saved_tensors
-            return _scale_rows(dirs, grad_kl), None, None, None, None, None, None, None
-        hidden, ref_hidden, weight, ref_weight, mask, lse, ref_lse = ctx.saved_tensors
+            return _scale_rows(dirs, grad_kl), None, None, None, None, None, None, None, None
+        hidden, ref_hidden, weight, ref_weight, mask, lse, ref_lse, bias = ctx.saved_tensors
         with _no_autocast(hidden):
-            grad_hidden, grad_weight = linear_kl_backward(
+            grad_hidden, grad_weight, grad_bias = linear_kl_backward(
                 grad_kl, hidden, ref_hidden, weight, ref_weight, mask, lse, ref_lse, ctx.temperature,
-                ctx.chunk_size, ctx.softcap, ctx.needs_input_grad[0], ctx.needs_input_grad[2],
+                ctx.chunk_size, ctx.softcap, ctx.needs_input_grad[0], ctx.needs_input_grad[2], bias,
+                ctx.needs_input_grad[8],
             )
-        return grad_hidden, None, grad_weight, None, None, None, None, None
+        return grad_hidden, None, grad_weight, None, None, None, None, None, grad_bias
 
 
 def triton_linear_kl(
@@ -426,18 +445,20 @@ def triton_linear_kl(
     chunk_size: int = 1024,
     softcap: float | None = None,
     ref_weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-token KL(π_ref ‖ π) at temperature T; drop-in for ``chunked_linear_kl`` (same arguments).
 
-    hidden, ref_hidden (N, H), weight (and ref_weight) (V, H), one dtype among fp32/bf16/fp16;
-    mask (N,) bool → (N,) fp32, 0 where mask is False; differentiable in hidden and weight only.
+    hidden, ref_hidden (N, H), weight (and ref_weight) (V, H), bias (V,) or None, one dtype among
+    fp32/bf16/fp16; mask (N,) bool → (N,) fp32, 0 where mask is False; differentiable in hidden,
+    weight and bias only.
     """
-    _check_linear_inputs(hidden, weight, mask, chunk_size)
+    _check_linear_inputs(hidden, weight, mask, chunk_size, bias)
     if ref_hidden.shape != hidden.shape:
         raise ValueError(f"ref_hidden {tuple(ref_hidden.shape)} must match hidden {tuple(hidden.shape)}")
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     ref_weight = (weight if ref_weight is None else ref_weight).detach()
-    _check_triton_inputs(hidden, ref_hidden, weight, ref_weight)
-    args = (mask.bool().contiguous(), float(temperature), chunk_size, softcap or None)
+    _check_triton_inputs(hidden, ref_hidden, weight, ref_weight, *(() if bias is None else (bias,)))
+    args = (mask.bool().contiguous(), float(temperature), chunk_size, softcap or None, bias)
     return TritonLinearKL.apply(hidden, ref_hidden.detach(), weight, ref_weight, *args)

@@ -5,20 +5,24 @@ PEFT decides from the config alone which layers of the base model it wraps
 
 - ``exclude_modules`` first: a regex string (re.fullmatch on the module path) or a list of names
   (the path equals one, or ends in "." + one) — excluded modules are never wrapped;
-- ``target_modules``: "all-linear" (any case; every nn.Linear but the output embedding), a regex
+- ``target_modules``: "all-linear" (any case; every nn.Linear and Conv1D but the output embedding), a regex
   string (re.fullmatch), or a list of names matched like exclude_modules;
 - ``layers_to_transform`` (an int or a list of ints; only with a list target_modules, and only for
   entries that matched as a suffix, not as a full path): the module's layer index — the first
   ``<segment>.<digits>.`` in its path, or the first ``<layers_pattern>.<digits>.`` — must be listed;
 - ``rank_pattern`` / ``alpha_pattern``: the first key k with re.match(rf"(.*\\.)?({k})$", path)
-  gives that module's r / α (``peft.utils.other.get_pattern_key``); ``use_rslora``: s = α/√r.
+  gives that module's r / α (``peft.utils.other.get_pattern_key``); ``use_rslora``: s = α/√r;
+- ``target_parameters`` (a list): parameters whose path ``<module>.<parameter>`` equals an entry or
+  ends in "." + entry get a LoRA on the bare parameter (expert stacks, routers; see
+  rlvf/peft_format.py for their keys); exclude_modules and layers_to_transform do not apply to them.
 
 Weights for a module the config does not select are ignored by PEFT (with only a warning) but
 applied by loaders that go by the weights alone (vLLM), so rlvf refuses them. Fields whose value
-changes the model in ways this plain LoRA on ``nn.Linear`` cannot reproduce (DoRA, biases,
+changes the model in ways this plain LoRA cannot reproduce (DoRA, biases,
 modules_to_save, layer replication, LoRA variants, initialisations that rewrite the base weights
-on load, …) are refused in one line. ``fan_in_fan_out`` is honoured as PEFT does for nn.Linear:
-ignored (PEFT warns and sets it to False). Unknown keys are ignored, as PEFT drops them.
+on load, …) are refused in one line. ``fan_in_fan_out`` is honoured as PEFT does: it follows the
+layer (False for nn.Linear, True for GPT-2's Conv1D, whatever the file says; the weights' shapes are
+the same). Unknown keys are ignored, as PEFT drops them.
 """
 from __future__ import annotations
 
@@ -37,13 +41,12 @@ _PLAIN_INITS = (True, False, "gaussian", "eva", "orthogonal")
 # init_lora_weights values that make PEFT rewrite the base layer's weight when it loads the adapter
 # (unless the adapter was converted with path_initial_model_for_weight_conversion).
 _BASE_REWRITING_INITS = ("pissa", "olora", "corda", "loftq", "lora_ga")
-# Fields whose set value turns the adapter into something other than plain LoRA on nn.Linear.
+# Fields whose set value turns the adapter into something other than plain LoRA.
 _UNSUPPORTED_IF_SET = {
     "use_dora": "DoRA adds a magnitude vector",
     "lora_bias": "a bias on lora_B",
     "modules_to_save": "full copies of whole modules",
     "layer_replication": "repeated base layers",
-    "target_parameters": "LoRA on nn.Parameter weights",
     "trainable_token_indices": "trained embedding rows",
     "alora_invocation_tokens": "Activated LoRA, applied only after its invocation tokens",
     "use_qalora": "QALoRA, for GPTQ-quantized models",
@@ -63,7 +66,7 @@ def _short(value, limit: int = 80) -> str:
 
 def _refuse(path: Path, key: str, value, why: str):
     return UserError(f"{path}: {key} = {_short(value)} is not supported ({why}); rlvf loads plain LoRA "
-                     "on nn.Linear layers, as vLLM serves it")
+                     "on linear layers, expert stacks and routers")
 
 
 def read_config(adapter_dir: Path) -> dict:
@@ -142,6 +145,9 @@ def _names_or_regex(config: dict, key: str, path: Path) -> None:
 
 def _check_selection_fields(config: dict, path: Path) -> None:
     """target_modules, exclude_modules, layers_to_transform, layers_pattern: types and combinations."""
+    params = config.get("target_parameters")
+    if params is not None and not (isinstance(params, list) and all(isinstance(t, str) and t for t in params)):
+        raise UserError(f"{path}: target_parameters must be a list of parameter names, got {_short(params)}")
     if config.get("target_modules") is None:
         raise UserError(f"{path}: target_modules is missing; PEFT would pick modules by model type — "
                         "list the adapted modules, e.g. [\"q_proj\", \"v_proj\"]")
@@ -192,9 +198,9 @@ def _layer_index(path: str, layers_pattern) -> int | None:
 
 
 def left_out_by(config: dict, path: str, all_linear: set[str] | None) -> str | None:
-    """None if PEFT wraps the nn.Linear at ``path``, else why not (completes "… but <why>").
+    """None if PEFT wraps the linear layer at ``path``, else why not (completes "… but <why>").
 
-    ``all_linear``: the model's nn.Linear paths minus the output embedding (what "all-linear"
+    ``all_linear``: the model's linear paths minus the output embedding (what "all-linear"
     selects); None when no model is at hand (every path then counts as linear).
     """
     exclude = config.get("exclude_modules")

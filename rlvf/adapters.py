@@ -2,6 +2,7 @@
 
     python -m rlvf.adapters mix --adapter runs/a/adapter:1.0 --adapter runs/b/adapter:0.5 --out runs/mix
     python -m rlvf.adapters export --model models/base --adapter runs/a/adapter --out models/merged
+    python -m rlvf.adapters export --model mistralai/Mistral-7B-Instruct-v0.2 [--revision REV] --adapter ... --out ...
 
 ``mix`` concatenates LoRA adapters with weights (ΔW = Σ wᵢ·sᵢ·Bᵢ·Aᵢ, rsLoRA-aware) into one PEFT
 adapter; ``export`` writes base + adapter as a plain merged Hugging Face model directory.
@@ -71,7 +72,9 @@ def main(argv: list[str] | None = None) -> None:
     mix.add_argument("--out", required=True, help="a new or empty directory (see --overwrite)")
     mix.add_argument("--overwrite", action="store_true", help=overwrite_help)
     export = sub.add_parser("export", help="merge an adapter into its base model and save the full model")
-    export.add_argument("--model", required=True, help="local HF model directory")
+    export.add_argument("--model", required=True, help="local HF model directory, or a Hub id (owner/name) "
+                        "resolved through the Hugging Face cache")
+    export.add_argument("--revision", help="branch, tag or commit of the Hub model --model names (default: main)")
     export.add_argument("--adapter", required=True)
     export.add_argument("--out", required=True, help="a new or empty directory (see --overwrite)")
     export.add_argument("--overwrite", action="store_true", help=overwrite_help)
@@ -97,8 +100,8 @@ def _export(args: argparse.Namespace) -> Path:
 
     check_out(args.out, args.overwrite, [("--model", args.model), ("--adapter", args.adapter)])
     dtype = torch.float32 if args.dtype == "auto" else DTYPES[args.dtype]
-    tokenizer = load_tokenizer(args.model, key="--model")
-    model = load_model(args.model, dtype, torch.device("cpu"), key="--model")
+    tokenizer = load_tokenizer(args.model, key="--model", revision=args.revision)
+    model = load_model(args.model, dtype, torch.device("cpu"), key="--model", revision=args.revision)
     load_adapter(model, args.adapter)
     return export_merged(model, tokenizer, args.out)
 

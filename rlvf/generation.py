@@ -183,25 +183,28 @@ class _Adapter:
     weights: dict[str, tuple[torch.Tensor, torch.Tensor]]  # module -> (s·A (r, in), B (out, r)) fp32
 
 
-def _read_adapter(model, path: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """An adapter folder checked against ``model`` with rlvf.peft_format's checks; scaling folded into A."""
+def _read_adapter(model, path: Path) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], int]:
+    """An adapter folder checked against ``model`` with rlvf.peft_format's checks, scaling folded into
+    A; and its largest rank (an expert stack's A is (E·r, in))."""
     from rlvf.peft_format import read_adapter
 
     _, modules = read_adapter(model, path)
-    return {m.path: (m.scaling * m.lora_A.float(), m.lora_B.float()) for m in modules}
+    return {m.path: (m.scaling * m.lora_A.float(), m.lora_B.float()) for m in modules}, max(m.r for m in modules)
 
 
 class HFBackend:
     """A base model loaded once, its adapters held as tensors, one ``generate`` per batch."""
 
-    def __init__(self, model_dir: str | Path, name: str, adapters: dict[str, Path], device: str, dtype: str):
+    def __init__(self, model_dir: str | Path, name: str, adapters: dict[str, Path], device: str, dtype: str,
+                 revision: str | None = None):
         from rlvf import lora
         from rlvf.modeling import load_model, load_tokenizer, pick_device, pick_dtype
 
         self.name = name
         self.device = pick_device(device)
-        self.tokenizer = load_tokenizer(model_dir, key="--model")
-        self.model = load_model(model_dir, pick_dtype(dtype, self.device), self.device, key="--model").eval()
+        self.tokenizer = load_tokenizer(model_dir, key="--model", revision=revision)  # a dir or a Hub id
+        self.model = load_model(model_dir, pick_dtype(dtype, self.device), self.device, key="--model",
+                                revision=revision).eval()
         self.eos_ids = self._clean_generation_config()
         self.context = getattr(self.model.config, "max_position_embeddings", None)
         self.adapters = {n: self._load_adapter(Path(p)) for n, p in adapters.items()}
@@ -216,8 +219,9 @@ class HFBackend:
         self._decoder = copy.deepcopy(self.tokenizer)  # the batcher's worker thread only
 
     def _load_adapter(self, path: Path) -> _Adapter:
-        weights = {m: (A.to(self.device), B.to(self.device)) for m, (A, B) in _read_adapter(self.model, path).items()}
-        return _Adapter(path, max(A.shape[0] for A, _ in weights.values()), weights)
+        weights, rank = _read_adapter(self.model, path)
+        weights = {m: (A.to(self.device), B.to(self.device)) for m, (A, B) in weights.items()}
+        return _Adapter(path, rank, weights)
 
     def _clean_generation_config(self) -> set[int]:
         """Drop the model's sampling defaults (requests are explicit); keep its EOS ids."""
@@ -279,13 +283,9 @@ class HFBackend:
     @torch.no_grad()
     def _activate(self, adapter: _Adapter) -> None:
         for path, module in self._lora.lora_modules(self.model).items():
-            module.lora_A.weight.zero_()  # (R, in)
-            module.lora_B.weight.zero_()  # (out, R)
             module.disabled = path not in adapter.weights
-            if not module.disabled:
-                A, B = adapter.weights[path]  # (r, in), (out, r)
-                module.lora_A.weight[: A.shape[0]].copy_(A)
-                module.lora_B.weight[:, : B.shape[1]].copy_(B)
+            if not module.disabled:  # (r, in), (out, r) into the (R, in), (out, R) slots, zeros elsewhere
+                module.copy_factors(*adapter.weights[path])
 
     def _left_pad(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """input_ids and attention_mask, (B, P), prompts aligned to the right."""

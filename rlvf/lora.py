@@ -8,31 +8,37 @@ rsLoRA (Kalajdzievski, 2023) uses s = α / √r instead, so the update keeps its
 A is initialised like ``nn.Linear`` (kaiming_uniform_, a=√5) and B with zeros, so a fresh adapter
 computes exactly the base model. ``LoRALinear`` keeps the base layer's own ``weight``/``bias``
 parameters, so a wrapped model's state_dict keeps Hugging Face key names (``...q_proj.weight``) and
-the adapter adds ``...q_proj.lora_A.weight`` / ``...q_proj.lora_B.weight`` beside them.
+the adapter adds ``...q_proj.lora_A.weight`` / ``...q_proj.lora_B.weight`` beside them. GPT-2's
+``Conv1D`` stores W transposed, (in, out) (PEFT's ``fan_in_fan_out``); A and B keep the shapes above.
+
+Which weights get adapters is rlvf/lora_targets.py: linear layers, and the expert stacks and routers
+of mixture-of-experts blocks, which are bare parameters and get a ``LoRAParameter`` (rlvf/lora_param.py).
 
 With the adapters switched off (``disable_adapters``) the model computes the base model bit for
 bit; DPO uses that as its reference policy, without a second copy of the weights.
 
 Inside: ``LoRALinear`` (and its fused adapter branch with a redrawn dropout mask), ``inject_lora`` /
-``select_linear_modules``, ``lora_modules`` / ``lora_state_dict`` / ``trainable_parameters``,
-``disable_adapters``, ``merge_adapters`` / ``unmerge_adapters``. The adapter files (PEFT format:
-save, load, mix, merged export) are in rlvf/peft_format.py.
+``wrap_target``, ``lora_modules`` / ``lora_state_dict`` (PEFT's file keys) / ``trainable_parameters``,
+``disable_adapters``, ``merge_adapters`` / ``unmerge_adapters``, ``describe_adapters`` (the startup
+line). The adapter files (PEFT format: save, load, mix, merged export) are in rlvf/peft_format.py.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import math
-import re
 from typing import Iterator, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from rlvf.adapter_config import matches as _matches
 from rlvf.errors import UserError
+from rlvf.lora_param import LoRAParameter
+from rlvf.lora_targets import PARAMETER_KINDS, Target, is_conv1d, output_embedding, select_targets
 
 TargetSpec = str | Sequence[str] | None  # "all-linear", a regex (re.fullmatch), or name suffixes
+LoRALayer = "LoRALinear | LoRAParameter"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -40,7 +46,10 @@ TargetSpec = str | Sequence[str] | None  # "all-linear", a regex (re.fullmatch),
 
 
 class LoRALinear(nn.Module):
-    """``nn.Linear`` plus a low-rank update: ``y = x Wᵀ + b + s · dropout(x) Aᵀ Bᵀ``.
+    """A linear layer plus a low-rank update: ``y = x Wᵀ + b + s · dropout(x) Aᵀ Bᵀ``.
+
+    It wraps an ``nn.Linear`` (a subclass with its own forward, like FalconLinear, keeps that
+    forward, which must still map (…, in) to (…, out)) or GPT-2's ``Conv1D`` (y = x W + b, W (in, out)).
 
     The base ``weight`` (out, in) and ``bias`` (out,) are the wrapped layer's own Parameters,
     frozen. ``lora_A`` (r, in) and ``lora_B`` (out, r) are float32 whatever the base dtype: the
@@ -54,9 +63,11 @@ class LoRALinear(nn.Module):
     modules (PEFT key names), but forward uses their weights directly.
     """
 
+    is_rlvf_lora = True
+
     def __init__(
         self,
-        base: nn.Linear,
+        base: nn.Module,
         r: int,
         alpha: float,
         dropout: float = 0.0,
@@ -67,8 +78,17 @@ class LoRALinear(nn.Module):
         super().__init__()
         if r < 1:
             raise ValueError(f"LoRA rank must be >= 1, got {r}")
-        self.in_features, self.out_features = base.in_features, base.out_features
-        self.weight = base.weight  # (out, in), same Parameter object as the base layer's
+        self.base_kind = type(base).__name__  # "Linear", "Conv1D", "FalconLinear", ...
+        self.fan_in_fan_out = is_conv1d(base)  # GPT-2's Conv1D: weight (in, out), y = x W + b
+        if self.fan_in_fan_out:
+            self.in_features, self.out_features = base.weight.shape
+        else:
+            self.in_features, self.out_features = base.in_features, base.out_features
+        # an nn.Linear subclass with its own forward (FalconLinear: x @ W.T + b) keeps it, so that the
+        # adapters switched off compute the base model bit for bit
+        overridden = type(base).forward if isinstance(base, nn.Linear) else nn.Linear.forward
+        self._base_forward = None if overridden is nn.Linear.forward else overridden
+        self.weight = base.weight  # (out, in) — (in, out) for Conv1D — the base layer's own Parameter
         self.register_parameter("bias", base.bias)  # (out,) or None
         self.weight.requires_grad_(False)
         if self.bias is not None:
@@ -86,6 +106,19 @@ class LoRALinear(nn.Module):
         self.disabled = False  # True: compute the base layer only
         self.reset_lora_parameters(generator)
         self.train(base.training)  # injected into an eval() model, dropout stays off
+        if self._base_forward is not None:
+            self._check_base_forward()
+
+    @torch.no_grad()
+    def _check_base_forward(self) -> None:
+        """A subclass's forward must still be a linear map x -> (..., out) reading weight and bias."""
+        x = torch.zeros(1, self.in_features, dtype=self.weight.dtype, device=self.weight.device)
+        try:
+            y = self._base_forward(self, x)
+        except Exception as err:  # e.g. a router that returns a tuple, or calls super().forward
+            y = err
+        if not (isinstance(y, torch.Tensor) and tuple(y.shape) == (1, self.out_features)):
+            raise ValueError(f"{self.base_kind} is an nn.Linear whose forward is not a plain linear layer")
 
     @torch.no_grad()
     def reset_lora_parameters(self, generator: torch.Generator | None = None) -> None:
@@ -99,9 +132,18 @@ class LoRALinear(nn.Module):
         self.lora_A.weight.copy_(a)
         nn.init.zeros_(self.lora_B.weight)  # (out, r)
 
+    def base_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The wrapped layer's own output, x: (..., in) -> (..., out)."""
+        if self.fan_in_fan_out:  # exactly transformers' Conv1D.forward
+            y = torch.addmm(self.bias, x.view(-1, x.size(-1)), self.weight)  # (N, out)
+            return y.view(x.size()[:-1] + (self.out_features,))
+        if self._base_forward is not None:
+            return self._base_forward(self, x)
+        return F.linear(x, self.weight, self.bias)  # exactly nn.Linear
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (..., in) -> (..., out)."""
-        y = F.linear(x, self.weight, self.bias)  # (..., out), exactly nn.Linear
+        y = self.base_forward(x)  # (..., out)
         if self.disabled or self.merged:
             return y
         p = self.dropout.p if isinstance(self.dropout, nn.Dropout) and self.dropout.training else 0.0
@@ -111,8 +153,9 @@ class LoRALinear(nn.Module):
         return y + delta.to(y.dtype)  # delta (..., out) fp32
 
     def delta_weight(self) -> torch.Tensor:
-        """ΔW = s · B A, (out, in) float32."""
-        return (self.lora_B.weight @ self.lora_A.weight) * self.scaling  # (out, r) @ (r, in)
+        """ΔW = s · B A float32, in the layout of ``weight``: (out, in), or (in, out) for Conv1D."""
+        delta = (self.lora_B.weight @ self.lora_A.weight) * self.scaling  # (out, r) @ (r, in)
+        return delta.T if self.fan_in_fan_out else delta
 
     @torch.no_grad()
     def merge(self) -> None:
@@ -132,9 +175,21 @@ class LoRALinear(nn.Module):
         self.weight.copy_((self.weight.float() - self.delta_weight()).to(self.weight.dtype))
         self.merged = False
 
+    def base_weight(self) -> nn.Parameter:
+        """The adapted weight itself (without the update)."""
+        return self.weight
+
+    @torch.no_grad()
+    def copy_factors(self, A: torch.Tensor, B: torch.Tensor) -> None:
+        """Load A (r', in) and B (out, r') of rank r' <= r into this layer, zeros elsewhere."""
+        self.lora_A.weight.zero_()
+        self.lora_B.weight.zero_()
+        self.lora_A.weight[: A.shape[0]].copy_(A)
+        self.lora_B.weight[:, : B.shape[1]].copy_(B)
+
     def extra_repr(self) -> str:
         return (
-            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"{self.base_kind}, in_features={self.in_features}, out_features={self.out_features}, "
             f"bias={self.bias is not None}, r={self.r}, alpha={self.alpha}, "
             f"scaling={self.scaling:.4g}, use_rslora={self.use_rslora}, merged={self.merged}"
         )
@@ -220,39 +275,6 @@ class _LoRABranch(torch.autograd.Function):
 # Putting adapters into a model
 
 
-def output_embedding(model: nn.Module) -> nn.Module | None:
-    """The model's lm head (``get_output_embeddings()``), which "all-linear" leaves out; None if it has none."""
-    get = getattr(model, "get_output_embeddings", None)
-    return get() if callable(get) else None
-
-
-def select_linear_modules(
-    model: nn.Module, target_modules: TargetSpec, exclude_modules: TargetSpec = ()
-) -> list[str]:
-    """Sorted full paths of the ``nn.Linear`` modules that ``target_modules`` selects.
-
-    "all-linear" selects every ``nn.Linear`` but the output embedding, as PEFT does; exclusions win.
-    """
-    for name, spec in (("target_modules", target_modules), ("exclude_modules", exclude_modules)):
-        if isinstance(spec, str) and spec != "all-linear":
-            try:
-                re.compile(spec)
-            except re.error as err:
-                raise UserError(f"lora.{name}: {spec!r} is not a valid regex ({err})") from None
-    head = output_embedding(model)
-    selected = []
-    for path, module in model.named_modules():
-        if not isinstance(module, nn.Linear):
-            continue
-        if target_modules == "all-linear":
-            hit = module is not head
-        else:
-            hit = _matches(path, target_modules)
-        if hit and not _matches(path, exclude_modules):
-            selected.append(path)
-    return sorted(selected)
-
-
 def replace_module(model: nn.Module, path: str, new: nn.Module) -> None:
     """Put ``new`` in place of the submodule at the full path ``path``."""
     parent_path, _, name = path.rpartition(".")
@@ -277,6 +299,22 @@ def refuse_second_adapter(model: nn.Module, what: str) -> None:
         )
 
 
+def wrap_target(model: nn.Module, target: Target, r: int, alpha: float, dropout: float, use_rslora: bool,
+                generator: torch.Generator | None = None) -> LoRALayer:
+    """Put a fresh adapter on one target (B = 0) and return it. Parameter targets get no dropout."""
+    if target.kind in PARAMETER_KINDS:
+        module = LoRAParameter(target.module, target.param, r, alpha, use_rslora, generator=generator)
+        target.module.add_module(f"lora_{target.param}", module)
+        return module
+    try:
+        module = LoRALinear(target.module, r, alpha, dropout, use_rslora, generator=generator)
+    except ValueError as err:
+        raise UserError(f"lora.target_modules: {target.path}: {err}; leave it out or add it to "
+                        "lora.exclude_modules") from None
+    replace_module(model, target.path, module)
+    return module
+
+
 def inject_lora(
     model: nn.Module,
     target_modules: TargetSpec = "all-linear",
@@ -287,43 +325,85 @@ def inject_lora(
     use_rslora: bool = False,
     seed: int | None = None,
 ) -> list[str]:
-    """Wrap the selected ``nn.Linear`` modules of ``model`` in place; return their sorted paths.
+    """Put adapters on the targets ``target_modules`` selects (rlvf/lora_targets.py); return their paths.
 
-    All base parameters are frozen; only the new lora_A/lora_B weights train. With ``seed`` the
-    A matrices come from a ``torch.Generator`` seeded with it (in sorted path order), independent
-    of the global RNG.
+    Linear layers (nn.Linear, Conv1D) are wrapped in ``LoRALinear``; expert stacks and routers get a
+    ``LoRAParameter`` (no dropout there, as in PEFT). All base parameters are frozen; only the new
+    lora_A/lora_B weights train. With ``seed`` the A matrices come from a ``torch.Generator`` seeded
+    with it (in sorted path order), independent of the global RNG.
     """
     refuse_second_adapter(model, "inject_lora")
     if not isinstance(r, int) or r < 1:
         raise UserError(f"lora.r must be a positive integer, got {r!r}")
     if not 0 <= dropout < 1:
         raise UserError(f"lora.dropout must be in [0, 1), got {dropout!r}")
-    paths = select_linear_modules(model, target_modules, exclude_modules)
-    if not paths:
+    targets = select_targets(model, target_modules, exclude_modules)
+    if not targets:
         raise UserError(
-            f"lora.target_modules: {target_modules!r} (minus exclude_modules {exclude_modules!r}) "
-            f"matched no nn.Linear module in {type(model).__name__}"
+            f"lora.target_modules: {target_modules!r} (minus exclude_modules {exclude_modules!r}) matched no "
+            f"linear layer (nn.Linear, Conv1D), expert stack or router in {type(model).__name__}"
         )
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    for path in paths:
-        base = model.get_submodule(path)
-        replace_module(model, path, LoRALinear(base, r, alpha, dropout, use_rslora, generator=generator))
+    for target in targets:
+        wrap_target(model, target, r, alpha, dropout, use_rslora, generator)
     freeze_base(model, lora_trainable=True)
-    return paths
+    return [t.path for t in targets]
 
 
-def lora_modules(model: nn.Module) -> dict[str, LoRALinear]:
-    """Full module path -> ``LoRALinear``, in ``named_modules`` order."""
-    return {path: m for path, m in model.named_modules() if isinstance(m, LoRALinear)}
+def lora_modules(model: nn.Module) -> dict[str, LoRALayer]:
+    """Adapted weight's path -> its adapter, in ``named_modules`` order: a ``LoRALinear`` under its
+    module path, a ``LoRAParameter`` under "<module>.<parameter>" (as PEFT's target_parameters)."""
+    found = {}
+    for path, m in model.named_modules():
+        if isinstance(m, LoRALinear):
+            found[path] = m
+        elif isinstance(m, LoRAParameter):
+            found[f"{path.rpartition('.')[0]}.{m.param_name}"] = m
+    return found
+
+
+def adapted_weight_key(path: str, module: LoRALayer) -> str:
+    """The state_dict key of the weight an adapter updates."""
+    return f"{path}.weight" if isinstance(module, LoRALinear) else path
+
+
+def peft_module_names(model: nn.Module) -> dict[str, str]:
+    """Adapted path -> the module name of its lora_A/lora_B in PEFT's adapter file.
+
+    A linear layer keeps its path. PEFT wraps a module once per targeted parameter, in the order the
+    module declares its parameters, each ``ParamWrapper`` around the previous one, and names the
+    weights of the i-th of n parameters ``<module>`` + ".base_layer" × (n − 1 − i): Mixtral's
+    ``experts.base_layer.lora_A.weight`` is gate_up_proj's, ``experts.lora_A.weight`` down_proj's.
+    """
+    modules = lora_modules(model)
+    names, owners = {}, {}
+    for path, m in modules.items():
+        if isinstance(m, LoRALinear):
+            names[path] = path
+        else:
+            owners.setdefault(path.rpartition(".")[0], set()).add(m.param_name)
+    for owner, adapted in owners.items():
+        order = [n for n, _ in model.get_submodule(owner).named_parameters(recurse=False) if n in adapted]
+        for i, name in enumerate(order):
+            names[f"{owner}.{name}"] = owner + ".base_layer" * (len(order) - 1 - i)
+    return names
+
+
+def peft_key_map(model: nn.Module) -> dict[str, str]:
+    """Parameter name in ``model`` -> key in the adapter file (no prefix), for every LoRA weight."""
+    names, keys = peft_module_names(model), {}
+    for path, m in lora_modules(model).items():
+        inside = path if isinstance(m, LoRALinear) else f"{path.rpartition('.')[0]}.lora_{m.param_name}"
+        for part in ("lora_A", "lora_B"):
+            keys[f"{inside}.{part}.weight"] = f"{names[path]}.{part}.weight"
+    return keys
 
 
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """``<path>.lora_A.weight`` (r, in) and ``<path>.lora_B.weight`` (out, r); no prefix."""
-    state = {}
-    for path, module in lora_modules(model).items():
-        state[f"{path}.lora_A.weight"] = module.lora_A.weight.detach()
-        state[f"{path}.lora_B.weight"] = module.lora_B.weight.detach()
-    return state
+    """The LoRA weights under their adapter-file keys (no prefix): ``<module>.lora_A.weight`` (r, in)
+    and ``.lora_B.weight`` (out, r); (E·r, in) and (out, r·E) for an expert stack (see lora_param)."""
+    params = dict(model.named_parameters())
+    return {key: params[name].detach() for name, key in peft_key_map(model).items()}
 
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -351,7 +431,7 @@ def disable_adapters(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def merge_adapters(model: nn.Module) -> None:
-    """W ← W + s·B·A in every ``LoRALinear`` (for fast inference; see ``LoRALinear.merge``)."""
+    """W ← W + s·B·A in every adapter (for fast inference; see ``LoRALinear.merge``)."""
     for module in lora_modules(model).values():
         module.merge()
 
@@ -360,3 +440,23 @@ def unmerge_adapters(model: nn.Module) -> None:
     """Undo ``merge_adapters``."""
     for module in lora_modules(model).values():
         module.unmerge()
+
+
+def describe_adapters(model: nn.Module) -> str:
+    """What the adapters cover, for the startup line: the kinds of weight and the share of the
+    model's non-embedding weights (every base parameter but the input and output embeddings) they
+    update, e.g. "14 LoRA weights: Linear ×8, MixtralExperts.gate_up_proj ×2, … — 54,272 of 61,888
+    non-embedding weights (87.7%)"."""
+    modules = lora_modules(model)
+    kinds = collections.Counter(
+        m.base_kind if isinstance(m, LoRALinear) else f"{type(m._owner).__name__}.{m.param_name}"
+        for m in modules.values())
+    embeddings = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
+    head = output_embedding(model)
+    embeddings |= {id(p) for p in head.parameters()} if head is not None else set()
+    lora = {id(p) for m in modules.values() for p in (m.lora_A.weight, m.lora_B.weight)}
+    total = sum(p.numel() for p in model.parameters() if id(p) not in embeddings | lora)
+    adapted = sum(m.base_weight().numel() for m in modules.values())
+    listed = ", ".join(f"{kind} ×{n}" for kind, n in kinds.most_common())
+    share = f"{adapted / total:.1%}" if total else "n/a"
+    return f"{len(modules)} LoRA weights: {listed} — {adapted:,} of {total:,} non-embedding weights ({share})"

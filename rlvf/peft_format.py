@@ -3,9 +3,15 @@
 The folder format is PEFT's (peft 0.21, ``PeftModel.save_pretrained``), which vLLM serves with
 ``--enable-lora``: ``adapter_config.json`` and ``adapter_model.safetensors`` (metadata
 {"format": "pt"}) with keys ``base_model.model.<module path>.lora_A.weight`` (r, in) and
-``.lora_B.weight`` (out, r). peft itself is never imported here; the tests use it as an oracle.
+``.lora_B.weight`` (out, r). GPT-2's Conv1D layers keep these shapes (the config says
+``fan_in_fan_out: true``, which PEFT sets itself anyway). Expert stacks and routers are PEFT's
+``target_parameters``: their weights are (E·r, in) and (out, r·E) under the module's name, with
+".base_layer" inserted once per later adapted parameter of the same module
+(``rlvf.lora.peft_module_names``); PEFT refuses ``lora_dropout`` there, so an adapter that has them
+is saved with lora_dropout 0 (dropout only matters when training, where rlvf takes it from its config).
+peft itself is never imported here; the tests use it as an oracle.
 
-Inside: ``save_adapter`` (a model's ``LoRALinear`` modules as a folder), ``read_adapter`` /
+Inside: ``save_adapter`` (a model's adapters as a folder), ``read_adapter`` /
 ``load_adapter`` (a folder checked against a model, then wrapped into it), ``mix_adapters`` (a
 weighted sum of adapters as one exact adapter, no model loaded), ``export_merged`` (base + adapter
 as a plain HF model folder) and ``base_model_field``. adapter_config.json is read and checked by
@@ -33,8 +39,9 @@ from rlvf.adapter_config import matches as _matches
 from rlvf.adapter_config import read_config as _read_config
 from rlvf.atomic import write_dir_atomic
 from rlvf.errors import UserError
-from rlvf.lora import (LoRALinear, freeze_base, lora_modules, lora_state_dict, output_embedding,
-                       refuse_second_adapter, replace_module, select_linear_modules)
+from rlvf.lora import (LoRALinear, adapted_weight_key, freeze_base, lora_modules, lora_state_dict, peft_key_map,
+                       refuse_second_adapter, wrap_target)
+from rlvf.lora_targets import CONV1D, EXPERTS, LINEAR, ROUTER, Target, is_conv1d, mamba_refused, select_linear_modules
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."  # PEFT's prefix on every saved key; without it PEFT loads nothing
@@ -54,28 +61,32 @@ def _peft_config(
     target_modules: list[str],
     use_rslora: bool,
     base_model: str | None,
+    revision: str | None = None,
     rank_pattern: dict[str, int] | None = None,
     alpha_pattern: dict[str, float] | None = None,
     task_type: str = "CAUSAL_LM",
+    target_parameters: list[str] | None = None,
+    fan_in_fan_out: bool = False,
 ) -> dict:
     """The adapter_config.json fields that PEFT 0.21 and vLLM read (PEFT defaults elsewhere)."""
     return {
         "peft_type": "LORA",
         "task_type": task_type,
         "base_model_name_or_path": base_model,
-        "revision": None,
+        "revision": revision,
         "r": r,
         "lora_alpha": alpha,
         "lora_dropout": dropout,
         "use_rslora": use_rslora,
         "target_modules": target_modules,
+        "target_parameters": target_parameters or None,
         "exclude_modules": None,
         "rank_pattern": rank_pattern or {},
         "alpha_pattern": alpha_pattern or {},
         "bias": "none",
         "lora_bias": False,
         "use_dora": False,
-        "fan_in_fan_out": False,
+        "fan_in_fan_out": fan_in_fan_out,
         "modules_to_save": None,
         "layers_to_transform": None,
         "layers_pattern": None,
@@ -84,22 +95,27 @@ def _peft_config(
     }
 
 
+_LORA_PART = re.compile(r"(?:^|\.)lora_")  # a name inside an rlvf adapter (lora_A, lora_gate_up_proj, ...)
+
+
 def _target_modules_field(model: nn.Module, paths: list[str]) -> list[str]:
     """Short names (["o_proj", "q_proj"]) if they select exactly ``paths``, else the full paths.
 
-    PEFT and vLLM match list entries as name suffixes, so short names are only safe when every
-    linear module with such a last name (output embedding aside) is wrapped.
+    PEFT and vLLM match list entries as name suffixes against every module, so short names are
+    only safe when every module with such a last name is wrapped.
     """
     short = sorted({p.rpartition(".")[2] for p in paths})
-    head = output_embedding(model)
-    same_named = {
-        path
-        for path, m in model.named_modules()
-        if isinstance(m, (nn.Linear, LoRALinear))
-        and m is not head
-        and path.rpartition(".")[2] in short
-    }
+    same_named = {path for path, _ in model.named_modules()
+                  if path.rpartition(".")[2] in short and not _LORA_PART.search(path)}
     return short if same_named == set(paths) else sorted(paths)
+
+
+def _target_parameters_field(model: nn.Module, paths: list[str]) -> list[str]:
+    """target_parameters: short names (["down_proj", "gate.weight", "gate_up_proj"]) if PEFT's
+    suffix match on every parameter of the model selects exactly ``paths``, else the full paths."""
+    short = sorted({".".join(p.split(".")[-2:]) if p.endswith(".weight") else p.rpartition(".")[2] for p in paths})
+    hits = {name for name, _ in model.named_parameters() if not _LORA_PART.search(name) and _matches(name, short)}
+    return short if hits == set(paths) else sorted(paths)
 
 
 def _most_common(values: list):
@@ -111,13 +127,15 @@ def save_adapter(
     out_dir: str | Path,
     base_model_name_or_path: str | None = None,
     tensors: dict[str, torch.Tensor] | None = None,
+    revision: str | None = None,
 ) -> Path:
     """Write the model's adapters as a PEFT LoRA folder (loadable by PEFT and vLLM); return it.
 
-    ``base_model_name_or_path`` defaults to ``model.name_or_path``. r and lora_alpha are the most
-    common values; modules that differ go to rank_pattern/alpha_pattern under their full paths.
-    The folder is written beside ``out_dir`` and renamed into place when complete. ``tensors``
-    (keyed like ``lora_state_dict``, e.g. gathered from FSDP shards) replaces the model's own.
+    ``base_model_name_or_path`` defaults to ``model.name_or_path`` (for a model loaded by Hub id the
+    id, as PEFT records it; ``revision``, the Hub revision it was loaded at, goes beside it). r and
+    lora_alpha are the most common values; modules that differ go to rank_pattern/alpha_pattern under
+    their full paths. The folder is written beside ``out_dir`` and renamed into place when complete.
+    ``tensors`` (keyed like ``lora_state_dict``, e.g. gathered from FSDP shards) replaces the model's own.
     """
     modules = lora_modules(model)
     if not modules:
@@ -125,22 +143,35 @@ def save_adapter(
     if len({m.use_rslora for m in modules.values()}) > 1:
         raise ValueError("save_adapter: modules mix rsLoRA and plain scaling; PEFT can't say so")
     paths = sorted(modules)
+    linear = [p for p in paths if isinstance(modules[p], LoRALinear)]
+    params = [p for p in paths if p not in linear]
     r = _most_common([modules[p].r for p in paths])
     alpha = _most_common([modules[p].alpha for p in paths])
-    first = modules[paths[0]]
+    dropouts = [modules[p].dropout.p for p in linear if isinstance(modules[p].dropout, nn.Dropout)]
     config = _peft_config(
         r=r,
         alpha=alpha,
-        dropout=first.dropout.p if isinstance(first.dropout, nn.Dropout) else 0.0,
-        target_modules=_target_modules_field(model, paths),
-        use_rslora=first.use_rslora,
+        dropout=dropouts[0] if dropouts and not params else 0.0,  # PEFT refuses dropout with target_parameters
+        target_modules=_target_modules_field(model, linear),
+        target_parameters=_target_parameters_field(model, params),
+        fan_in_fan_out=any(modules[p].fan_in_fan_out for p in linear) and not params,
+        use_rslora=modules[paths[0]].use_rslora,
         base_model=base_model_field(base_model_name_or_path or getattr(model, "name_or_path", None)),
+        revision=revision,
         rank_pattern={p: modules[p].r for p in paths if modules[p].r != r},
         alpha_pattern={p: modules[p].alpha for p in paths if modules[p].alpha != alpha},
     )
+    if tensors is None:
+        tensors = lora_state_dict(model)
+    else:  # keyed by parameter name (an expert stack's weights go under PEFT's module name); FSDP's
+        # state dict can hold more than the trainable ones (a tied lm_head), which are left out
+        key_map = peft_key_map(model)
+        missing = sorted(set(key_map) - set(tensors))
+        if missing:
+            raise ValueError(f"save_adapter: tensors lacks {len(missing)} LoRA weights, e.g. {missing[0]}")
+        tensors = {key: tensors[name] for name, key in key_map.items()}
     tensors = {  # fp32, contiguous, on the CPU
-        PEFT_PREFIX + key: t.to("cpu", torch.float32).contiguous()
-        for key, t in (lora_state_dict(model) if tensors is None else tensors).items()
+        PEFT_PREFIX + key: t.to("cpu", torch.float32).contiguous() for key, t in tensors.items()
     }
     return _write_adapter(out_dir, config, tensors)
 
@@ -209,15 +240,21 @@ def _scaling(alpha: float, r: int, use_rslora: bool) -> float:
     return alpha / math.sqrt(r) if use_rslora else alpha / r
 
 
-def _check_shapes(file: Path, module: str, pair: dict, config: dict, in_f: int, out_f: int) -> int:
+def _linear_features(module: nn.Module) -> tuple[int, int]:
+    """(in, out) of an nn.Linear, or of a Conv1D (weight (in, out))."""
+    return tuple(module.weight.shape) if is_conv1d(module) else (module.in_features, module.out_features)
+
+
+def _check_shapes(file: Path, module: str, pair: dict, config: dict, layer: nn.Module) -> int:
     """Check lora_A (r, in) and lora_B (out, r) against the layer and the config; return r."""
+    in_f, out_f = _linear_features(layer)
     A, B = pair["lora_A"], pair["lora_B"]  # (r, in), (out, r)
     r = A.shape[0]
     for part, got, expected in (("lora_A", A.shape, (r, in_f)), ("lora_B", B.shape, (out_f, r))):
         if tuple(got) != expected:
             raise UserError(
                 f"{file}: {PEFT_PREFIX}{module}.{part}.weight has shape {tuple(got)}, expected "
-                f"{expected} for nn.Linear({in_f}, {out_f}) — adapter for a different base model?"
+                f"{expected} for {type(layer).__name__}({in_f}, {out_f}) — adapter for a different base model?"
             )
     config_r, _ = module_rank_alpha(config, module)
     if r != config_r:
@@ -225,15 +262,15 @@ def _check_shapes(file: Path, module: str, pair: dict, config: dict, in_f: int, 
     return r
 
 
-def _linear_for_key(model: nn.Module, path: str, file: Path) -> nn.Linear:
-    """The ``nn.Linear`` at ``path`` that the adapter's keys name."""
+def _linear_for_key(model: nn.Module, path: str, file: Path) -> nn.Module:
+    """The linear layer (``nn.Linear`` or ``Conv1D``) at ``path`` that the adapter's keys name."""
     try:
         module = model.get_submodule(path)
     except AttributeError:
         module = None
-    if not isinstance(module, nn.Linear):
+    if not (isinstance(module, nn.Linear) or (module is not None and is_conv1d(module))):
         kind = type(module).__name__
-        what = "does not exist" if module is None else f"is a {kind}, not nn.Linear"
+        what = "does not exist" if module is None else f"is a {kind}, not nn.Linear or Conv1D"
         raise UserError(
             f"{file}: key {PEFT_PREFIX}{path}.lora_A.weight names module {path!r}, which "
             f"{what} in {type(model).__name__} — adapter for a different base model?"
@@ -242,15 +279,15 @@ def _linear_for_key(model: nn.Module, path: str, file: Path) -> nn.Linear:
 
 
 def _check_targets(model: nn.Module, config: dict, modules: list[str], adapter_dir: Path) -> None:
-    """The modules with weights must be exactly those of PEFT's selection that it would load.
+    """The linear modules with weights must be exactly those of PEFT's selection that it would load.
 
     A target_modules entry must name a linear layer of ``model``; a module with weights must be
     one that PEFT wraps (``adapter_config.left_out_by``: target_modules, exclude_modules,
     layers_to_transform, layers_pattern), since PEFT ignores other weights while vLLM applies
-    them. A wrapped module without weights is a zero update, unless init_lora_weights makes PEFT
-    draw a random one, which is refused.
+    them, and not one PEFT refuses (a Mamba mixer's out_proj). A wrapped module without weights
+    is a zero update, unless init_lora_weights makes PEFT draw a random one, which is refused.
     """
-    linear = [p for p, m in model.named_modules() if isinstance(m, nn.Linear)]
+    linear = [p for p, m in model.named_modules() if isinstance(m, nn.Linear) or is_conv1d(m)]
     targets = config["target_modules"]
     if isinstance(targets, list):
         for name in targets:
@@ -267,54 +304,119 @@ def _check_targets(model: nn.Module, config: dict, modules: list[str], adapter_d
                 f"{adapter_dir / WEIGHTS_NAME}: {module} has LoRA weights but {why}; PEFT would ignore these "
                 f"weights and vLLM apply them (fix {CONFIG_NAME} or drop the weights)"
             )
+        if mamba_refused(model, module):
+            raise UserError(f"{adapter_dir / WEIGHTS_NAME}: {module} has LoRA weights, but PEFT refuses LoRA on a "
+                            f"Mamba mixer's {module.rpartition('.')[2]} in {model.config.model_type} models (its "
+                            "fused kernel reads the weight directly); drop these weights")
     if random_init_without_weights(config):
         missing = [p for p in linear if p not in modules and left_out_by(config, p, all_linear) is None]
         if missing:
+            raise _random_init_error(adapter_dir, config, missing[0])
+
+
+def _random_init_error(adapter_dir: Path, config: dict, path: str) -> UserError:
+    return UserError(
+        f"{adapter_dir / CONFIG_NAME}: selects {path}, which has no weights in {WEIGHTS_NAME}, and "
+        f"init_lora_weights = {config['init_lora_weights']!r} makes PEFT give it a random update "
+        "(save the adapter with all its weights, or narrow target_modules)"
+    )
+
+
+@dataclass
+class ParameterTarget:
+    """A parameter that adapter_config.json's target_parameters selects (PEFT's ParamWrapper)."""
+
+    path: str  # "<module>.<parameter>"
+    module: nn.Module  # the module holding it
+    param: str
+
+
+def _parameter_targets(model: nn.Module, config: dict, adapter_dir: Path) -> dict[str, ParameterTarget]:
+    """PEFT module name of the weights -> the parameter, for every parameter target_parameters selects.
+
+    PEFT (``BaseTuner._inject_parameters``) takes each module's own parameters whose path equals an
+    entry or ends in "." + entry, in declaration order, and nests one wrapper per parameter, so the
+    i-th of n is saved under ``<module>`` + ".base_layer" × (n − 1 − i).
+    """
+    targets = config.get("target_parameters") or []
+    selected = {}
+    for path, module in model.named_modules() if targets else ():
+        names = [n for n, _ in module.named_parameters(recurse=False) if _matches(f"{path}.{n}", targets)]
+        for i, name in enumerate(names):
+            weight = getattr(module, name)
+            where = f"{path}.{name}" if path else name
+            if not path or weight.ndim not in (2, 3):
+                why = "is a parameter of the model itself" if not path else f"has shape {tuple(weight.shape)}"
+                raise UserError(f"{adapter_dir / CONFIG_NAME}: target_parameters selects {where}, which {why}; "
+                                "PEFT adapts 2-D and 3-D parameters of submodules only")
+            selected[path + ".base_layer" * (len(names) - 1 - i)] = ParameterTarget(where, module, name)
+    return selected
+
+
+def _check_parameter_shapes(file: Path, name: str, pair: dict, config: dict, target: ParameterTarget) -> int:
+    """lora_A (E·r, in) and lora_B (out, r·E) for the parameter's layout (see rlvf.lora_param); return r."""
+    weight = getattr(target.module, target.param)
+    if weight.ndim == 2:
+        E, (out_f, in_f) = 1, weight.shape
+    else:
+        E, d1, d2 = weight.shape
+        in_f, out_f = (d1, d2) if getattr(target.module, "is_transposed", False) else (d2, d1)
+    A, B = pair["lora_A"], pair["lora_B"]
+    r = A.shape[0] // E
+    for part, got, expected in (("lora_A", A.shape, (E * r, in_f)), ("lora_B", B.shape, (out_f, E * r))):
+        if r < 1 or tuple(got) != expected:
             raise UserError(
-                f"{adapter_dir / CONFIG_NAME}: selects {missing[0]}, which has no weights in {WEIGHTS_NAME}, and "
-                f"init_lora_weights = {config['init_lora_weights']!r} makes PEFT give it a random update "
-                "(save the adapter with all its weights, or narrow target_modules)"
-            )
+                f"{file}: {PEFT_PREFIX}{name}.{part}.weight has shape {tuple(got)}, expected {expected} for "
+                f"{target.path} {tuple(weight.shape)} with {E} expert(s) — adapter for a different base model?")
+    config_r, _ = module_rank_alpha(config, target.path)
+    if r != config_r:
+        raise UserError(f"{file}: {target.path} has rank {r} but {CONFIG_NAME} gives it r = {config_r}")
+    return r
 
 
 def load_adapter(
     model: nn.Module, adapter_dir: str | Path, dropout: float | None = None, trainable: bool = False
 ) -> list[str]:
-    """Load a PEFT LoRA folder (saved here or by peft) into a plain HF model; return wrapped paths.
+    """Load a PEFT LoRA folder (saved here or by peft) into a plain HF model; return the adapted paths.
 
     Everything is checked before the model is touched. The modules are those PEFT wraps for this
     adapter_config.json (target_modules, exclude_modules, layers_to_transform, layers_pattern; see
-    rlvf.adapter_config) that have weights; weights outside that selection, and config values
-    this plain LoRA cannot reproduce, are refused in one line. Rank comes from the tensor shapes
-    (checked against rank_pattern or r), alpha from alpha_pattern or lora_alpha, the scaling from
-    use_rslora, dropout from the config unless given. Base parameters are frozen; the LoRA weights
-    train only if ``trainable`` (to continue training an adapter).
+    rlvf.adapter_config) that have weights, and the parameters target_parameters selects; weights
+    outside that selection, and config values this plain LoRA cannot reproduce, are refused in one
+    line. Rank comes from the tensor shapes (checked against rank_pattern or r), alpha from
+    alpha_pattern or lora_alpha, the scaling from use_rslora, dropout (linear layers only) from the
+    config unless given. Base parameters are frozen; the LoRA weights train only if ``trainable``
+    (to continue training an adapter).
     """
     adapter_dir = Path(adapter_dir)
     refuse_second_adapter(model, f"load_adapter({adapter_dir})")
     config, plan = read_adapter(model, adapter_dir)
     drop = config.get("lora_dropout", 0.0) if dropout is None else dropout
     for m in plan:
-        module = LoRALinear(m.base, m.r, m.alpha, drop, m.use_rslora)
+        if m.param is None:
+            target = Target(m.path, CONV1D if is_conv1d(m.base) else LINEAR, m.base)
+        else:
+            target = Target(m.path, EXPERTS if getattr(m.base, m.param).ndim == 3 else ROUTER, m.base, m.param)
+        module = wrap_target(model, target, m.r, m.alpha, drop, m.use_rslora)
         with torch.no_grad():
             module.lora_A.weight.copy_(m.lora_A)
             module.lora_B.weight.copy_(m.lora_B)
-        replace_module(model, m.path, module)
     freeze_base(model, lora_trainable=trainable)
     return [m.path for m in plan]
 
 
 @dataclass
 class AdapterModule:
-    """One module of an adapter folder, checked against the model it is for."""
+    """One adapted weight of an adapter folder, checked against the model it is for."""
 
-    path: str  # module path in the model
-    base: nn.Linear  # the layer it adapts
-    lora_A: torch.Tensor  # (r, in)
-    lora_B: torch.Tensor  # (out, r)
+    path: str  # module path in the model; "<module>.<parameter>" for a parameter target
+    base: nn.Module  # the layer it adapts, or the module holding the parameter
+    lora_A: torch.Tensor  # (r, in); (E·r, in) for a parameter target
+    lora_B: torch.Tensor  # (out, r); (out, r·E)
     r: int
     alpha: float
     use_rslora: bool
+    param: str | None = None  # the adapted parameter of ``base``; None for a linear layer
 
     @property
     def scaling(self) -> float:
@@ -323,17 +425,31 @@ class AdapterModule:
 
 def read_adapter(model: nn.Module, adapter_dir: str | Path) -> tuple[dict, list[AdapterModule]]:
     """Read a PEFT LoRA folder and check it against ``model`` without changing the model:
-    (adapter_config, modules sorted by path). Raises UserError naming the file and the problem."""
+    (adapter_config, adapted weights sorted by path). Raises UserError naming the file and the problem."""
     adapter_dir = Path(adapter_dir)
     config, weights = _read_config(adapter_dir), _read_weights(adapter_dir)
     file, rslora, plan = adapter_dir / WEIGHTS_NAME, bool(config.get("use_rslora", False)), []
-    bases = {path: _linear_for_key(model, path, file) for path in sorted(weights)}
-    _check_targets(model, config, sorted(weights), adapter_dir)
+    params = _parameter_targets(model, config, adapter_dir)
+    linear = sorted(k for k in weights if k not in params)
+    bases = {path: _linear_for_key(model, path, file) for path in linear}
+    _check_targets(model, config, linear, adapter_dir)
     for path, base in bases.items():
-        r = _check_shapes(file, path, weights[path], config, base.in_features, base.out_features)
+        r = _check_shapes(file, path, weights[path], config, base)
         plan.append(AdapterModule(path, base, weights[path]["lora_A"], weights[path]["lora_B"], r,
                                   module_rank_alpha(config, path)[1], rslora))
-    return config, plan
+    wrapped_modules = {id(b) for b in bases.values()}
+    for name, target in params.items():
+        if id(target.module) in wrapped_modules:
+            raise UserError(f"{adapter_dir / CONFIG_NAME}: target_parameters selects {target.path}, whose module "
+                            "also has LoRA weights as a target module (PEFT refuses both on one module)")
+        if name not in weights:
+            if random_init_without_weights(config):
+                raise _random_init_error(adapter_dir, config, target.path)
+            continue  # a zero update
+        r = _check_parameter_shapes(file, name, weights[name], config, target)
+        plan.append(AdapterModule(target.path, target.module, weights[name]["lora_A"], weights[name]["lora_B"], r,
+                                  module_rank_alpha(config, target.path)[1], rslora, target.param))
+    return config, sorted(plan, key=lambda m: m.path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -365,11 +481,19 @@ def mix_adapters(adapters: list[tuple[str | Path, float]], out_dir: str | Path, 
     for adapter_dir, weight in adapters:
         d = Path(adapter_dir)
         config, weights = _read_config(d), _read_weights(d)
+        if config.get("target_parameters"):
+            raise UserError(f"{d / CONFIG_NAME}: has target_parameters (LoRA on expert stacks or routers); mixing "
+                            "such adapters is not supported (their weights hold E experts' factors each)")
         _check_own_selection(d, config, weights)
         loaded.append((d, float(weight), config, weights))
     bases = {str(d): base_model_field(c.get("base_model_name_or_path")) for d, _, c, _ in loaded}
     if len(set(bases.values())) > 1:
         raise UserError(f"mix_adapters: adapters are for different base models: {bases}")
+    revisions = {str(d): c.get("revision") if isinstance(c.get("revision"), str) else None
+                 for d, _, c, _ in loaded}  # of a Hub base model
+    if len(set(revisions.values())) > 1:
+        raise UserError(f"mix_adapters: adapters are for different revisions of {next(iter(bases.values()))}: "
+                        f"{revisions}")
     shapes = _module_shapes(loaded)  # module -> (out, in)
     ranks = [max(pair["lora_A"].shape[0] for pair in w.values()) for _, _, _, w in loaded]
     tensors = {}
@@ -385,6 +509,7 @@ def mix_adapters(adapters: list[tuple[str | Path, float]], out_dir: str | Path, 
         target_modules=_union_target_modules([c for _, _, c, _ in loaded], shapes),
         use_rslora=False,
         base_model=next(iter(bases.values())),
+        revision=next(iter(revisions.values())),
         task_type=loaded[0][2].get("task_type") or "CAUSAL_LM",
     )
     return _write_adapter(out_dir, config, tensors, (lambda name: True) if keep_other_files else None)
@@ -461,8 +586,9 @@ def export_merged(model: nn.Module, tokenizer, out_dir: str | Path, *, keep_othe
     with torch.no_grad():
         for path, module in lora_modules(model).items():
             if not module.merged:  # a merged module's weight already holds W + ΔW
-                merged = module.weight.float() + module.delta_weight()  # (out, in)
-                state[f"{path}.weight"] = merged.to(module.weight.dtype).cpu()
+                weight = module.base_weight()  # (out, in); (in, out) for Conv1D; (E, ·, ·) for experts
+                merged = weight.float() + module.delta_weight()  # ΔW in the weight's own layout
+                state[adapted_weight_key(path, module)] = merged.to(weight.dtype).cpu()
 
     def write(tmp: Path) -> None:
         model.save_pretrained(tmp, state_dict=state)

@@ -67,6 +67,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from rlvf.errors import UserError, exit_on_user_error
+from rlvf.hub_models import is_hub_id
 from rlvf.protocol import ApiError, Choice, Completion, RequestLimits, SamplingParams, completion_body, \
     clip, cut_at_stop, parse_chat_request, shorten, stop_error
 
@@ -489,12 +490,14 @@ class RunningServer:
 
 
 def _check_names(model, served_model_name, lora_modules: dict, teacher, teacher_name) -> str | None:
-    """The base model's name; UserError for a missing backend, clashing names or missing adapter dirs."""
+    """The base model's name (default: a Hub id as given, as vLLM names it, else the directory's name);
+    UserError for a missing backend, clashing names or missing adapter dirs."""
     if model is None and teacher is None:
-        raise UserError("nothing to serve: give --model PATH (a local Hugging Face model) and/or --teacher")
+        raise UserError("nothing to serve: give --model PATH (a local Hugging Face model or a Hub id) and/or --teacher")
     if lora_modules and model is None:
         raise UserError("--lora-modules needs --model (the base model the adapters belong to)")
-    name = (served_model_name or Path(model).resolve().name) if model is not None else None
+    default = (str(model) if is_hub_id(model) else Path(model).resolve().name) if model is not None else None
+    name = served_model_name or default
     names = [n for n in (name, *lora_modules, teacher_name if teacher is not None else None) if n]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -526,6 +529,7 @@ def start_server(
     lora_modules: dict[str, str | Path] | None = None,
     teacher: bool | str | Path | Sequence[str | Path] | None = None,
     *,
+    revision: str | None = None,
     served_model_name: str | None = None,
     teacher_name: str = DEFAULT_TEACHER_NAME,
     teacher_revision: str = "edit",
@@ -541,6 +545,7 @@ def start_server(
 ) -> RunningServer:
     """Load the backends, bind ``host:port`` (0: a free port), and serve in background threads.
 
+    ``model``: a local HF model directory or a Hub id (owner/name) at ``revision`` (rlvf.hub_models);
     ``teacher``: None (no teacher), True (the shipped feedbacks), or feedback dirs/files;
     ``teacher_revision``: how it revises, "edit" or "rewrite" (``rlvf.tinyworld.teacher``);
     ``limits``: per-request limits (default ``RequestLimits()``). Raises UserError for anything the
@@ -564,7 +569,7 @@ def start_server(
         if model:
             from rlvf.generation import HFBackend
 
-            hf = HFBackend(model, name, {k: Path(v) for k, v in lora_modules.items()}, device, dtype)
+            hf = HFBackend(model, name, {k: Path(v) for k, v in lora_modules.items()}, device, dtype, revision)
         httpd.app = App(hf, teacher_backend, max_batch_size, batch_wait_ms, default_max_tokens, max_body_bytes,
                         limits)
         httpd.server_activate()
@@ -621,8 +626,11 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m rlvf.serve", description=__doc__,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="local Hugging Face model directory")
-    parser.add_argument("--served-model-name", help="name of the base model in requests (default: the dir name)")
+    parser.add_argument("--model", help="local Hugging Face model directory, or a Hub id (owner/name) resolved "
+                        "through the Hugging Face cache (HF_HUB_OFFLINE=1: the cache only)")
+    parser.add_argument("--revision", help="branch, tag or commit of the Hub model --model names (default: main)")
+    parser.add_argument("--served-model-name", help="name of the base model in requests (default: the Hub id as "
+                        "given, or the directory's name)")
     parser.add_argument("--lora-modules", type=_lora_module, nargs="+", action="extend", default=[],
                         metavar="NAME=PATH", help="LoRA adapters served under NAME (repeatable)")
     parser.add_argument("--teacher", nargs="*", metavar="FEEDBACK", help="serve the offline teacher with these "
@@ -677,7 +685,7 @@ def main(argv: list[str] | None = None) -> None:
         limits = RequestLimits(max_prompt_bytes=args.max_prompt_bytes, max_tokens=args.max_tokens_limit,
                                max_n=args.max_n, max_items=args.max_teacher_items)
         server = start_server(
-            args.model, lora, args.teacher, served_model_name=args.served_model_name,
+            args.model, lora, args.teacher, revision=args.revision, served_model_name=args.served_model_name,
             teacher_name=args.teacher_name, teacher_revision=args.teacher_revision, host=args.host,
             port=args.port, device=args.device, dtype=args.dtype, max_batch_size=args.max_batch_size,
             batch_wait_ms=args.batch_wait_ms, default_max_tokens=args.default_max_tokens, limits=limits,

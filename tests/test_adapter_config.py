@@ -15,7 +15,8 @@ import torch
 
 from rlvf.adapter_config import left_out_by
 from rlvf.errors import UserError
-from rlvf.lora import inject_lora, lora_modules, select_linear_modules
+from rlvf.lora import inject_lora, lora_modules
+from rlvf.lora_targets import select_linear_modules
 from rlvf.peft_format import load_adapter, save_adapter
 
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -188,7 +189,8 @@ REFUSED = {
     "lora_bias": ({"lora_bias": True}, "lora_bias = True is not supported"),
     "modules_to_save": ({"modules_to_save": ["lm_head"]}, "modules_to_save = ['lm_head'] is not supported"),
     "layer_replication": ({"layer_replication": [[0, 2], [1, 2]]}, "layer_replication = [[0, 2], [1, 2]]"),
-    "target_parameters": ({"target_parameters": ["mlp.experts.down_proj"]}, "target_parameters ="),
+    "target_parameters str": ({"target_parameters": "down_proj"}, "target_parameters must be a list"),
+    "target_parameters 1-D": ({"target_parameters": ["input_layernorm.weight"]}, "PEFT adapts 2-D and 3-D"),
     "trainable tokens": ({"trainable_token_indices": [1, 2]}, "trainable_token_indices ="),
     "alora": ({"alora_invocation_tokens": [5, 6]}, "alora_invocation_tokens ="),
     "qalora": ({"use_qalora": True}, "use_qalora = True"),

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 
 import pytest
 import torch
@@ -19,6 +20,7 @@ from rlvf.logprobs import (
     backbone_hidden,
     naive_sequence_logprobs,
     output_head,
+    probe_head,
     sequence_kl,
     sequence_logprobs,
 )
@@ -139,6 +141,114 @@ def test_frozen_weight_gets_no_gradient():
     hidden.requires_grad_(True)
     chunked_linear_logprobs(hidden, weight, targets, chunk_size=CHUNK).sum().backward()
     assert weight.grad is None and hidden.grad is not None
+
+
+# --------------------------------------------------------------------------- an lm_head bias
+
+
+def _bias_grads(fn, hidden, weight, bias, upstream):
+    """fn(hidden, weight, bias) and its gradients wrt all three, upcast to fp32."""
+    leaves = [t.detach().requires_grad_(True) for t in (hidden, weight, bias)]
+    out = fn(*leaves)
+    (out * upstream).sum().backward()
+    return (out.float(), *(t.grad.float() for t in leaves))
+
+
+def _bias(dtype, seed=7):
+    return torch.randn(V, generator=torch.Generator().manual_seed(seed)).to(dtype)
+
+
+@pytest.mark.parametrize("dtype,atol,rtol", TOLERANCES)
+@pytest.mark.parametrize("softcap", [None, 3.0])
+def test_chunked_logprobs_with_bias_match_naive(dtype, atol, rtol, softcap):
+    """z = softcap(h Wᵀ + b): values and the gradients wrt hidden, weight and bias (∂L/∂b = Σ_rows ∂L/∂z)."""
+    hidden, weight, targets, upstream = _inputs(dtype, seed=8)
+    bias = _bias(dtype)
+
+    def chunked(h, w, b):
+        return chunked_linear_logprobs(h, w, targets, chunk_size=CHUNK, softcap=softcap, bias=b)
+
+    def naive(h, w, b):
+        return naive_linear_logprobs(h, w, targets, softcap=softcap, bias=b)
+
+    got = _bias_grads(chunked, hidden, weight, bias, upstream)
+    want = _bias_grads(naive, hidden.float(), weight.float(), bias.float(), upstream)
+    for a, e in zip(got, want):
+        _assert_close(a, e, atol, rtol)
+    without = naive_linear_logprobs(hidden.float(), weight.float(), targets, softcap=softcap)
+    assert (want[0] - without).abs().max() > 0.1, "the bias must change the log-probs"
+
+
+@pytest.mark.parametrize("softcap", [None, 3.0])
+def test_frozen_head_with_bias_precomputed_direction(softcap):
+    """A frozen weight and bias (the LoRA case) take the direction path, with the bias in the logits."""
+    hidden, weight, targets, upstream = _inputs(torch.float32, seed=9)
+    bias = _bias(torch.float32)
+    h = hidden.clone().requires_grad_(True)
+    saved = _saved_shapes(lambda: chunked_linear_logprobs(h, weight, targets, chunk_size=CHUNK, softcap=softcap,
+                                                          bias=bias))
+    assert saved == [(N, H)]
+    out = chunked_linear_logprobs(h, weight, targets, chunk_size=CHUNK, softcap=softcap, bias=bias)
+    (out * upstream).sum().backward()
+    ref_h = hidden.clone().requires_grad_(True)
+    want = naive_linear_logprobs(ref_h, weight, targets, softcap=softcap, bias=bias)
+    (want * upstream).sum().backward()
+    _assert_close(out, want, 1e-5, 1e-5)
+    _assert_close(h.grad, ref_h.grad, 1e-5, 1e-5)
+
+
+def test_chunked_kl_with_bias_matches_naive():
+    # fp64: a KL is a small difference of O(log V) terms, so fp32 rounding would dominate (see below)
+    hidden, weight, _, upstream = _inputs(torch.float64, seed=10)
+    bias = _bias(torch.float64)
+    ref_hidden = hidden + 0.5 * torch.randn_like(hidden)
+    mask = torch.rand(N, generator=torch.Generator().manual_seed(11)) > 0.3
+
+    def chunked(h, w, b):
+        return chunked_linear_kl(h, ref_hidden, w, mask, 2.0, CHUNK, 3.0, bias=b)
+
+    def naive(h, w, b):
+        return naive_linear_kl(h, ref_hidden, w, mask, 2.0, 3.0, bias=b)
+
+    got = _bias_grads(chunked, hidden, weight, bias, upstream)
+    for a, e in zip(got, _bias_grads(naive, hidden, weight, bias, upstream)):
+        _assert_close(a, e, 1e-5, 1e-5)
+
+
+def test_bias_of_the_wrong_shape_is_refused():
+    hidden, weight, targets, _ = _inputs(torch.float32)
+    with pytest.raises(ValueError, match="bias of shape"):
+        chunked_linear_logprobs(hidden, weight, targets, bias=torch.zeros(V + 1))
+
+
+def test_triton_with_bias_matches_naive():
+    """The Triton host code adds the bias in the cuBLAS matmul; values and gradients of hidden, weight
+    and bias, and the frozen-head direction path (Triton's interpreter on CPU, see tests/conftest.py)."""
+    pytest.importorskip("triton")
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("no GPU and TRITON_INTERPRET is not 1")
+    from rlvf.kernels import linear_logprob_triton as tk
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    hidden, weight, targets, upstream = (t.to(device) for t in _inputs(torch.float32, seed=12))
+    bias = _bias(torch.float32).to(device)
+    ref_hidden = hidden + 0.5 * torch.randn_like(hidden)
+    mask = targets != -100
+
+    cases = [
+        (lambda h, w, b: tk.triton_linear_logprobs(h, w, targets, chunk_size=CHUNK, softcap=3.0, bias=b),
+         lambda h, w, b: naive_linear_logprobs(h, w, targets, softcap=3.0, bias=b)),
+        (lambda h, w, b: tk.triton_linear_kl(h, ref_hidden, w, mask, 2.0, CHUNK, None, bias=b),
+         lambda h, w, b: naive_linear_kl(h, ref_hidden, w, mask, 2.0, None, bias=b)),
+    ]
+    for fused, naive in cases:
+        got = _bias_grads(fused, hidden, weight, bias, upstream)
+        want = _bias_grads(naive, hidden, weight, bias, upstream)
+        for a, e in zip(got, want):
+            _assert_close(a, e, 1e-5, 1e-5)
+        h = hidden.clone().requires_grad_(True)  # frozen weight and bias: the direction path
+        (fused(h, weight, bias) * upstream).sum().backward()
+        _assert_close(h.grad, want[1], 1e-5, 1e-5)
 
 
 def _saved_shapes(fn):
@@ -353,3 +463,85 @@ def test_sequence_kl_matches_naive(tiny_model, generic_head):
     for name, p in tiny_model.named_parameters():
         if p.grad is not None:
             _assert_close(got_grads[name], p.grad, 1e-5, 1e-5)
+
+
+# --------------------------------------------------------------------------- a measured logit multiplier
+
+
+def _scaled_biased_model():
+    """A tiny Cohere model (logits × logit_scale = 0.0625 in its forward) whose lm_head also has a
+    bias: z = m·(h Wᵀ + b), the case where folding m into hidden and bias must get both right."""
+    from transformers import CohereConfig, CohereForCausalLM
+
+    config = CohereConfig(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                          num_attention_heads=2, num_key_value_heads=1, pad_token_id=0, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    model = CohereForCausalLM(config).eval()
+    model.lm_head = nn.Linear(32, 97, bias=True)
+    with torch.no_grad():
+        model.lm_head.weight.normal_(std=16.0)  # logits of a few units after × 0.0625
+        model.lm_head.bias.normal_(std=16.0)
+    return model
+
+
+def test_probe_measures_the_logit_multiplier_and_the_model_level_paths_use_it():
+    from rlvf.config import MethodConfig
+    from rlvf.losses import dpo_loss
+    from rlvf.logprobs import LOGIT_SCALE_ATTR, sequence_method_loss
+    from rlvf.objective import Layout
+
+    model = _scaled_biased_model()
+    with pytest.raises(ValueError, match="logit_scale"):  # unprobed: refused, not silently unscaled
+        output_head(model)
+    ids = torch.randint(3, 97, (2, 10), generator=torch.Generator().manual_seed(0))
+    probe = probe_head(model, ids, torch.ones_like(ids))
+    assert probe.scale == 0.0625 and probe.source == "config.logit_scale" and probe.error < 1e-6
+    assert getattr(model, LOGIT_SCALE_ATTR) == 0.0625
+    head = output_head(model)
+    assert head.fused and head.bias is model.lm_head.bias and head.scale == 0.0625
+
+    _assert_model_match(model, _batch(97, seed=5))  # log-probs and every parameter's gradient
+
+    batch = _batch(97, seed=6, batch=7)  # 2 pairs, 1 near, 2 out
+    ref_c, ref_r = torch.tensor([-30.0, -25.0]), torch.tensor([-28.0, -31.0])
+    method, layout = MethodConfig(lambda_out=0.2, lambda_near=0.1), Layout(pairs=2, near=1, out=2)
+    got = sequence_method_loss(model, *batch, layout, method, ref_c, ref_r, chunk_size=5)
+    lp = naive_sequence_logprobs(model, *batch)
+    d = dpo_loss(lp.logps[:2], lp.logps[2:4], ref_c, ref_r, beta=0.1)
+    near, out = ((-lp.logps[s] / lp.n_tokens[s]).mean() for s in (slice(4, 5), slice(5, 7)))
+    _assert_close(got.loss.detach(), (d.losses.mean() + 0.2 * out + 0.1 * near).detach(), 1e-5, 1e-5)
+
+
+def test_sequence_kl_with_a_logit_multiplier_and_bias():
+    model = _scaled_biased_model()
+    ids = torch.randint(3, 97, (2, 10), generator=torch.Generator().manual_seed(0))
+    probe_head(model, ids, torch.ones_like(ids))
+    ref_model = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in ref_model.model.layers.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    input_ids, attention_mask, labels = _batch(97, seed=7)
+    hidden = backbone_hidden(model, input_ids, attention_mask)
+    with torch.no_grad():
+        ref_hidden = backbone_hidden(ref_model, input_ids, attention_mask)
+    got = sequence_kl(model, hidden, ref_hidden, labels, temperature=2.0, chunk_size=7).kl
+    want = _naive_sequence_kl(model, ref_model, input_ids, attention_mask, labels, 2.0)
+    n_scored = (labels[:, 1:] != -100).sum(1)
+    torch.testing.assert_close(got, want, atol=1e-6 * math.log(97) * n_scored.max().item(), rtol=1e-5)
+    assert torch.all(want > 1e-3)
+
+
+def test_probe_reports_logits_it_cannot_reproduce(tiny_model):
+    """A forward that adds a token- and position-dependent term: no multiplier explains it."""
+    forward = tiny_model.forward
+
+    def patched(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        t, v = out.logits.shape[-2:]
+        out.logits = out.logits + 0.1 * torch.arange(t)[:, None] * torch.linspace(-1, 1, v)
+        return out
+
+    ids = torch.randint(3, tiny_model.config.vocab_size, (2, 10), generator=torch.Generator().manual_seed(0))
+    assert probe_head(tiny_model, ids, torch.ones_like(ids)).error < 1e-6
+    tiny_model.forward = patched
+    assert probe_head(tiny_model, ids, torch.ones_like(ids)).error > 1e-2

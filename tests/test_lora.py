@@ -294,9 +294,9 @@ def test_inject_selection(tiny_model, target, exclude, expected):
 
 
 def test_inject_errors(tiny_model):
-    with pytest.raises(UserError, match=r"target_modules: .*matched no nn.Linear .*LlamaForCausal"):
+    with pytest.raises(UserError, match=r"target_modules: .*matched no linear layer .*LlamaForCausal"):
         inject_lora(tiny_model, target_modules=["nope_proj"])
-    with pytest.raises(UserError, match="matched no nn.Linear"):
+    with pytest.raises(UserError, match="matched no linear layer"):
         inject_lora(tiny_model, target_modules=["q_proj"], exclude_modules=["q_proj"])
     with pytest.raises(UserError, match="not a valid regex"):
         inject_lora(tiny_model, target_modules="model.(")
