@@ -8,7 +8,7 @@ file per scope and split::
     out_of_scope_train.jsonl  {"id", "prompt", "baseline", ["revised"], ...}
     *_test.jsonl              the same, held out for evaluation
 
-``baseline`` is the model's own response, ``revised`` the teacher's response applying the feedback.
+``baseline`` is the model's own response, ``revised`` its revision applying the feedback (by the student itself or the teacher: ``sample.reviser``).
 Extra fields are kept and ignored. The files load with
 ``datasets.load_dataset("json", data_files=...)``; this module reads them line by line instead so
 that a bad row is reported with its file and line before any work starts.
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import torch
 from rlvf.errors import UserError
 from rlvf.kernels import IGNORE_INDEX
 
+# The data scopes, one file each per split (a feedback's own scope is rlvf.feedback.FEEDBACK_SCOPES).
 SCOPES = ("in_scope", "near_scope", "out_of_scope")
 
 
@@ -107,6 +109,9 @@ def _parse_rows(path: Path, required: tuple[str, ...]) -> list[dict]:
                 raise UserError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
             except RecursionError:
                 raise UserError(f"{where}: not valid JSON (nested too deeply)") from None
+            except ValueError:  # an integer past Python's 4300-digit limit (a 5000-digit id)
+                raise UserError(f"{where}: not valid JSON (holds an integer of more than "
+                                f"{sys.get_int_max_str_digits():,} digits; write long ids as strings)") from None
             if not isinstance(row, dict):
                 raise UserError(f"{where}: expected a JSON object, got {type(row).__name__}")
             for key in ("prompt", *required):

@@ -9,7 +9,7 @@ compared with the baseline response of the untrained model,
 [−1, 1] ((v − 3)/2) for qualitative feedback. Then
 
     S_in = mean h (in scope)      S_near = mean |h| (near scope)      S_general = mean |h| (out of scope)
-    S_out = mean |h| over near and out of scope together      S_overall = (S_in + 1 − S_out) / 2
+    S_out = (S_near + S_general) / 2                           S_overall = (S_in + 1 − S_out) / 2
 
 Methods: ``adapter`` (a trained or mixed adapter, served), ``base`` (the untrained model), the
 ``in_context`` / ``cot`` baseline responses and the teacher's ``revised`` responses written by
@@ -22,13 +22,17 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
+from rlvf import config
 from rlvf import prompts as P
-from rlvf.client import ChatClient, ChatRequest, EndpointConfig
-from rlvf.config import load_config
+from rlvf.client import ChatClient, ChatRequest
+from rlvf.config import Config, EndpointConfig, check_stage, load_runs, sweep_for
 from rlvf.data import SCOPES, read_rows, scope_file
+from rlvf.drafts import prepare_feedbacks
+from rlvf.endpoints import ADAPTER_NAME, adapter_to_evaluate, local_endpoints
 from rlvf.errors import UserError, exit_on_user_error
 from rlvf.feedback import Feedback, load_feedbacks
-from rlvf.pipeline_config import PipelineConfig
 from rlvf.report import write_reports
 
 TINY_MODEL_DIR = Path(__file__).resolve().parent / "tinyworld" / "model"
@@ -42,9 +46,9 @@ def h_metric(fb: Feedback, new: str, baseline: str) -> float:
 def scores(h: dict[str, list[float]]) -> dict[str, float | None]:
     """The paper's scores from per-prompt h values by scope (None where a scope has no prompts)."""
     mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
-    out_all = [abs(x) for x in h.get("near_scope", []) + h.get("out_of_scope", [])]
     s = {"S_in": mean(h.get("in_scope", [])), "S_near": mean([abs(x) for x in h.get("near_scope", [])]),
-         "S_general": mean([abs(x) for x in h.get("out_of_scope", [])]), "S_out": mean(out_all)}
+         "S_general": mean([abs(x) for x in h.get("out_of_scope", [])])}
+    s["S_out"] = mean([v for v in (s["S_near"], s["S_general"]) if v is not None])  # equal weights
     s["S_overall"] = None if s["S_in"] is None or s["S_out"] is None else (s["S_in"] + 1 - s["S_out"]) / 2
     return s
 
@@ -60,7 +64,7 @@ class Scorer:
     def h(self, rows: list[dict], responses: list[str]) -> list[float]:
         if self.fb.type == "quantitative":
             return [h_metric(self.fb, new, row["baseline"]) for row, new in zip(rows, responses)]
-        requests = [ChatRequest(str(i), P.judge_request(self.fb.content, row["prompt"], row["baseline"], new), self.sampling)
+        requests = [ChatRequest(str(i), P.judge_request(self.fb.effect, row["prompt"], row["baseline"], new), self.sampling)
                     for i, (row, new) in enumerate(zip(rows, responses)) if new != row["baseline"]]
         verdicts = self._ask(requests, P.parse_verdict, "judge")
         return [0.0 if new == row["baseline"] else P.verdict_to_h(verdicts[str(i)])
@@ -83,9 +87,20 @@ class Scorer:
             raise UserError(f"the teacher's {what} reply did not parse ({err}); check the teacher model") from None
 
 
-def test_rows(data_dir: str | Path) -> dict[str, list[dict]]:
-    """{scope: rows of <scope>_test.jsonl}; each row needs a baseline response."""
-    return {scope: read_rows(scope_file(data_dir, scope, "test"), ("baseline",)) for scope in SCOPES}
+EVAL_SHUFFLE_SEED = 42  # the original's evaluation: test split shuffled with seed 42, then the first n
+
+
+def test_rows(data_dir: str | Path, n: int | None = None) -> dict[str, list[dict]]:
+    """{scope: rows of <scope>_test.jsonl} (each row needs a baseline response); with ``n``, the
+    original's selection per scope: the rows permuted by numpy's default_rng(42) (what
+    ``datasets.Dataset.shuffle(seed=42)`` does), then the first n."""
+    out = {}
+    for scope in SCOPES:
+        rows = read_rows(scope_file(data_dir, scope, "test"), ("baseline",))
+        if n is not None:
+            rows = [rows[i] for i in np.random.default_rng(EVAL_SHUFFLE_SEED).permutation(len(rows))[:n]]
+        out[scope] = rows
+    return out
 
 
 def responses_for(method: str, rows: dict[str, list[dict]], student: ChatClient | None, model: str | None,
@@ -113,11 +128,11 @@ def responses_for(method: str, rows: dict[str, list[dict]], student: ChatClient 
     return {scope: [by_key[f"{scope}/{i}"] for i in range(len(part))] for scope, part in rows.items()}
 
 
-def evaluate_feedback(fb: Feedback, data_dir: str | Path, methods: dict[str, str | None], cfg: PipelineConfig,
+def evaluate_feedback(fb: Feedback, data_dir: str | Path, methods: dict[str, str | None], cfg: Config,
                       student: ChatClient | None, teacher: ChatClient | None) -> dict:
     """{method: {"scores", "h", "responses"[, "quality"]}} for one feedback. ``methods`` maps a
     method name to the served model name that answers for it (None for stored responses)."""
-    rows = test_rows(data_dir)
+    rows = test_rows(data_dir, cfg.eval.prompts_per_set)
     scorer = Scorer(fb, teacher, cfg.sample.teacher_sampling)
     out = {}
     for method, model in methods.items():
@@ -131,13 +146,13 @@ def evaluate_feedback(fb: Feedback, data_dir: str | Path, methods: dict[str, str
     return out
 
 
-def methods_doc(cfg: PipelineConfig) -> dict[str, str]:
+def methods_doc(cfg: Config) -> dict[str, str]:
     """What ``adapter`` is in this run, for the report."""
     return {"adapter": f"the LoRA adapter trained with method {cfg.method.name} ({cfg.output_dir}/adapter), "
                        "served on the base model"}
 
 
-def caveats(cfg: PipelineConfig) -> list[str]:
+def caveats(cfg: Config) -> list[str]:
     """Report lines for methods whose scores say nothing about the model at hand."""
     prompted = [m for m in cfg.eval.methods if m in ("in_context", "cot")]
     if not prompted or not cfg.model.path or Path(cfg.model.path).resolve() != TINY_MODEL_DIR:
@@ -147,7 +162,7 @@ def caveats(cfg: PipelineConfig) -> list[str]:
             "feedback. They are meaningful only with a real chat model."]
 
 
-def run(cfg: PipelineConfig, student_ep: EndpointConfig | None, teacher_ep: EndpointConfig | None,
+def run(cfg: Config, student_ep: EndpointConfig | None, teacher_ep: EndpointConfig | None,
         adapter_model: str | None = "adapter", base_model: str | None = None, progress: bool = True) -> dict:
     """Evaluate ``cfg.eval.methods`` on every feedback's test data; writes and returns the results."""
     feedbacks = load_feedbacks(cfg.feedback)
@@ -160,7 +175,7 @@ def run(cfg: PipelineConfig, student_ep: EndpointConfig | None, teacher_ep: Endp
     methods = {m: served.get(m) for m in cfg.eval.methods}
     results = {fb.name: evaluate_feedback(fb, d, methods, cfg, student, teacher)
                for fb, d in zip(feedbacks, cfg.data.dirs)}
-    rows = {fb.name: test_rows(d) for fb, d in zip(feedbacks, cfg.data.dirs)}
+    rows = {fb.name: test_rows(d, cfg.eval.prompts_per_set) for fb, d in zip(feedbacks, cfg.data.dirs)}
     print(write_reports(results, out_dir, rows, methods_doc(cfg), caveats(cfg)))
     print(f"wrote {out_dir}/results.json, report.md, chart.png", file=sys.stderr)
     return results
@@ -169,14 +184,27 @@ def run(cfg: PipelineConfig, student_ep: EndpointConfig | None, teacher_ep: Endp
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m rlvf.eval", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    config.add_arguments(parser)
     parser.add_argument("--adapter-model", default="adapter",
-                        help="served model name of the adapter to evaluate (vLLM --lora-modules NAME=…)")
-    args = parser.parse_args(argv)
+                        help="served model name of the adapter to evaluate (vLLM --lora-modules NAME=…); "
+                             "with serve.student the local server serves eval.adapter (or output_dir/adapter)")
+    args = config.parse_arguments(parser, argv, "eval")
     with exit_on_user_error():
-        cfg = load_config(args.config, args.overrides, PipelineConfig)
-        run(cfg, cfg.student, cfg.teacher, adapter_model=args.adapter_model)
+        runs = load_runs(args.config, args.overrides)
+        where = config.origin(args.config, args.overrides)  # a key given by --set is blamed on it
+        sweep_for(runs, ("eval",), where)
+        for _, cfg in runs:
+            check_stage(cfg, "eval", where)
+            prepare_feedbacks(cfg, where, "eval")  # a sentence as feedback: its draft in data.dirs; select
+            adapter_to_evaluate(cfg, where)  # every point's adapter is there before the first is evaluated
+        for name, cfg in runs:
+            if name:
+                print(f"sweep point {name} -> {cfg.eval.out_dir or Path(cfg.output_dir) / 'eval'}", file=sys.stderr)
+            if cfg.serve.student or cfg.serve.teacher:  # rlvf's local server, as the pipeline starts it
+                with local_endpoints(cfg, adapter_to_evaluate(cfg, where)) as (teacher, student):
+                    run(cfg, student, teacher, adapter_model=ADAPTER_NAME if cfg.serve.student else args.adapter_model)
+            else:
+                run(cfg, cfg.student, cfg.teacher, adapter_model=args.adapter_model)
 
 
 if __name__ == "__main__":

@@ -27,76 +27,72 @@ The reply edits and the metrics are registries keyed by ``kind`` (rlvf/edits.py,
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
-from rlvf.config import read_yaml
 from rlvf.edits import _REQUIRED, EDITS, apply_edit
 from rlvf.errors import UserError
 from rlvf.feedback_metrics import METRICS
 from rlvf.tinyworld.scope import SELECTOR_KEYS, check_near, copy_selector, world_values
+from rlvf.typed import NonEmpty, Range, coerce, hint, read_yaml, show
 
-SCOPES = ("global", "regional", "local")
-TYPES = ("quantitative", "qualitative")
-
-
-def _hint(name: str, known) -> str:
-    close = difflib.get_close_matches(str(name), list(known), n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(known)})"
+# A feedback's own scope and type (the paper's fields); not the data scopes in/near/out (rlvf.data.SCOPES).
+FEEDBACK_SCOPES = ("global", "regional", "local")
+FEEDBACK_TYPES = ("quantitative", "qualitative")
 
 
 # ----------------------------------------------------------------------------- edit and metric specs
 
 
+class _Strings:
+    """The registry's "strings": a non-empty list of non-empty strings (one string is its shorthand)."""
+
+    doc = "non-empty strings"
+
+    def check(self, value) -> str | None:
+        if isinstance(value, list) and value and all(isinstance(s, str) and s for s in value):
+            return None
+        return f"expected a non-empty list of non-empty strings, got {show(value)}"
+
+
+# The parameter types of the edit and metric registries (rlvf/edits.py) as annotations of the one
+# config engine (rlvf/typed.py). Every numeric parameter is a count or a ratio: positive, and far
+# below the bounds (a million) that keep a typo from running away.
+PARAM_TYPES = {
+    bool: bool,
+    int: Annotated[int, Range(0, 1_000_000, lo_open=True)],
+    float: Annotated[float, Range(0, 1e6, lo_open=True)],
+    "text": str,  # any string, empty included
+    str: Annotated[str, NonEmpty("expected a non-empty string")],
+    "strings": Annotated[Any, _Strings()],
+}
+
+
 def _check_value(value, tp, where: str, key: str):
-    """Validate (and normalise) one parameter value against its declared type."""
-    bad = UserError(f"{where}: {key}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
-    if isinstance(tp, tuple):  # a choice among fixed strings
-        if value not in tp:
-            raise UserError(f"{where}: {key}: expected one of {', '.join(tp)}, got {value!r}")
-    elif tp is bool:
-        if not isinstance(value, bool):
-            raise bad
-    elif tp in (int, float):  # every numeric parameter is a count or a ratio: positive
-        if isinstance(value, bool) or not isinstance(value, (int, float) if tp is float else int):
-            raise bad
-        if not 0 < value < float("inf"):
-            raise UserError(f"{where}: {key}: expected a positive {tp.__name__}, got {value!r}")
-        value = tp(value)
-    elif tp == "text":  # any string, empty included
-        if not isinstance(value, str):
-            raise UserError(f"{where}: {key}: expected a string, got {value!r}")
-    elif tp is str:
-        if not isinstance(value, str) or not value:
-            raise UserError(f"{where}: {key}: expected a non-empty string, got {value!r}")
-    elif tp == "strings":
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list) or not value or not all(isinstance(s, str) and s for s in value):
-            raise UserError(f"{where}: {key}: expected a non-empty list of non-empty strings, got {value!r}")
-        value = list(value)
-    elif tp in ("edit", "metric"):
-        value = (Edit if tp == "edit" else Metric).parse(value, where, key)
-    elif tp in ("edits", "metrics"):
+    """One parameter value checked (and normalised) against its declared registry type."""
+    if tp in ("edit", "metric"):
+        return (Edit if tp == "edit" else Metric).parse(value, where, key)
+    if tp in ("edits", "metrics"):
         cls = Edit if tp == "edits" else Metric
         if not isinstance(value, list) or not value:
-            raise UserError(f"{where}: {key}: expected a non-empty list of {tp}, got {value!r}")
-        value = [cls.parse(v, where, f"{key}[{i}]") for i, v in enumerate(value)]
-    return value
+            raise UserError(f"{where}: {key}: expected a non-empty list of {tp}, got {show(value)}")
+        return [cls.parse(v, where, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp == "strings" and isinstance(value, str):
+        value = [value]
+    annotation = Literal[tp] if isinstance(tp, tuple) else PARAM_TYPES[tp]
+    return coerce(value, annotation, key, where)
 
 
 def _check_params(registry: dict, what: str, kind: str, params: dict, where: str, key: str) -> dict:
     if kind not in registry:
-        raise UserError(f"{where}: {key}.kind: unknown {what} kind '{kind}'{_hint(kind, registry)}")
+        raise UserError(f"{where}: {key}.kind: unknown {what} kind '{kind}'{hint(kind, registry)}")
     spec = registry[kind].params
     for name in params:
         if name not in spec:
-            known = ", ".join(spec) or "none"
-            close = difflib.get_close_matches(str(name), list(spec), n=1, cutoff=0.6)
-            hint = f"did you mean '{close[0]}'?" if close else f"{kind} takes: {known}"
-            raise UserError(f"{where}: {key}.{name}: unknown parameter of {what} '{kind}' ({hint})")
+            takes = hint(name, spec) or f" ({kind} takes no parameters)"
+            raise UserError(f"{where}: {key}.{name}: unknown parameter of {what} '{kind}'{takes}")
     out = {}
     for name, (tp, default) in spec.items():
         if name in params:
@@ -232,7 +228,7 @@ class Metric:
 
 
 @dataclass
-class WorldSpec:
+class TinyWorldSpec:
     """Tiny-world fields of a feedback: which requests it applies to and the edit that applies it."""
 
     selector: dict
@@ -263,7 +259,7 @@ class Feedback:
     """quantitative (checked by ``metric``) or qualitative (checked by a judge)."""
     metric: Metric | None = None
     """Does a response follow the feedback? Required for quantitative feedback."""
-    world: WorldSpec | None = None
+    world: TinyWorldSpec | None = None
     """Tiny-world selector, near selectors and edit; optional for real use."""
     categories: list | None = None
     """Hand-written categories; None lets the teacher propose them."""
@@ -277,10 +273,10 @@ class Feedback:
         for key in ("content", "domain", "effect"):
             if not isinstance(getattr(self, key), str) or not getattr(self, key).strip():
                 raise UserError(f"{where}: {key}: expected a non-empty string, got {getattr(self, key)!r}")
-        if self.scope not in SCOPES:
-            raise UserError(f"{where}: scope: expected one of {', '.join(SCOPES)}, got {self.scope!r}")
-        if self.type not in TYPES:
-            raise UserError(f"{where}: type: expected one of {', '.join(TYPES)}, got {self.type!r}")
+        if self.scope not in FEEDBACK_SCOPES:
+            raise UserError(f"{where}: scope: expected one of {', '.join(FEEDBACK_SCOPES)}, got {self.scope!r}")
+        if self.type not in FEEDBACK_TYPES:
+            raise UserError(f"{where}: type: expected one of {', '.join(FEEDBACK_TYPES)}, got {self.type!r}")
         if self.type == "quantitative" and self.metric is None:
             raise UserError(f"{where}: metric: quantitative feedback needs a metric "
                             f"(kinds: {', '.join(METRICS)}), or set type: qualitative")
@@ -312,9 +308,7 @@ FEEDBACK_DIR = Path(__file__).parent / "tinyworld" / "feedbacks"
 def _check_keys(raw: dict, known, where: str, prefix: str) -> None:
     for k in raw:
         if k not in known:
-            close = difflib.get_close_matches(str(k), list(known), n=1, cutoff=0.6)
-            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f" (known: {', '.join(known)})"
-            raise UserError(f"{where}: {prefix}{k}: unknown key{hint}")
+            raise UserError(f"{where}: {prefix}{k}: unknown key{hint(k, known, prefix)}")
 
 
 def load_feedback(path: str | Path) -> Feedback:
@@ -342,8 +336,8 @@ def load_feedback(path: str | Path) -> Feedback:
 
 def _field_doc(name: str) -> str:
     return {"content": "the feedback sentence", "domain": "where it applies, in words",
-            "effect": "what changes, in words", "scope": f"one of {', '.join(SCOPES)}",
-            "type": f"one of {', '.join(TYPES)}"}[name]
+            "effect": "what changes, in words", "scope": f"one of {', '.join(FEEDBACK_SCOPES)}",
+            "type": f"one of {', '.join(FEEDBACK_TYPES)}"}[name]
 
 
 def load_feedbacks(sources) -> list[Feedback]:
@@ -364,7 +358,7 @@ def load_feedbacks(sources) -> list[Feedback]:
             paths.append(FEEDBACK_DIR / f"{src}.yaml")
         else:
             shipped = sorted(q.stem for q in FEEDBACK_DIR.glob("*.yaml"))
-            raise UserError(f"{src}: no such feedback file or shipped feedback{_hint(str(src), shipped)}")
+            raise UserError(f"{src}: no such feedback file or shipped feedback{hint(str(src), shipped)}")
     feedbacks = [load_feedback(p) for p in paths]
     seen: dict[str, str] = {}
     for fb in feedbacks:
@@ -377,7 +371,7 @@ def load_feedbacks(sources) -> list[Feedback]:
 # ----------------------------------------------------------------------------- world selectors
 
 
-def _parse_world(raw, where: str) -> WorldSpec:
+def _parse_world(raw, where: str) -> TinyWorldSpec:
     if not isinstance(raw, dict):
         raise UserError(f"{where}: world: expected a mapping with {', '.join(_WORLD_KEYS)}, got {raw!r}")
     _check_keys(raw, _WORLD_KEYS, where, "world.")
@@ -390,7 +384,7 @@ def _parse_world(raw, where: str) -> WorldSpec:
         raise UserError(f"{where}: world.near: expected a list of selectors, got {near_raw!r}")
     near = [_parse_selector(s, where, f"world.near[{i}]") for i, s in enumerate(near_raw)]
     edit = Edit.parse(raw["edit"], where, "world.edit")
-    return WorldSpec(selector=selector, edit=edit, near=near)
+    return TinyWorldSpec(selector=selector, edit=edit, near=near)
 
 
 def _world_doc(name: str) -> str:
@@ -410,8 +404,143 @@ def _parse_selector(raw, where: str, key: str) -> dict:
         values = _check_value(values, "strings", where, f"{key}.{k}")
         for v in values:
             if v not in known[k]:
-                what = SELECTOR_KEYS[k][1]
-                hint = _hint(v, sorted(known[k]))
-                raise UserError(f"{where}: {key}.{k}: unknown {what} '{v}' in the tiny world{hint}")
+                what, close = SELECTOR_KEYS[k][1], hint(v, sorted(known[k]))
+                raise UserError(f"{where}: {key}.{k}: unknown {what} '{v}' in the tiny world{close}")
         out[k] = values
     return out
+
+
+# ----------------------------------------------------------------------------- selecting feedbacks
+
+
+def _as_list(value) -> list:
+    return [] if value is None else [value] if isinstance(value, str) else list(value)
+
+
+def matches_prefix(fb: Feedback, prefix: str) -> bool:
+    """The original CLI's ``--feedback_prefix`` (the sentence starts with it), or the file name starts with it."""
+    return fb.content.startswith(prefix) or fb.name.startswith(prefix)
+
+
+def select_feedbacks(feedbacks: list[Feedback], prefix: str | None = None, category=None, scope=None,
+                     type=None) -> list[Feedback]:
+    """The feedbacks that pass every filter given, in their order, as the original code selects them
+    (src/modal/app.py: ``feedback_prefix``, ``feedback_category``; src/sample.py: ``scope``, ``type``).
+
+    ``prefix``: the sentence or the file name starts with it; ``category``: one of the feedback's
+    ``categories`` (case-insensitive; a list: any of them); ``scope`` / ``type``: a value or a list of
+    values of the feedback's own scope (global, regional, local) and type (quantitative, qualitative).
+    """
+    scopes, types, cats = _as_list(scope), _as_list(type), [c.lower() for c in _as_list(category)]
+    for value in scopes:
+        if value not in FEEDBACK_SCOPES:
+            raise UserError(f"scope: expected one of {', '.join(FEEDBACK_SCOPES)}, got {value!r}")
+    for value in types:
+        if value not in FEEDBACK_TYPES:
+            raise UserError(f"type: expected one of {', '.join(FEEDBACK_TYPES)}, got {value!r}")
+    return [fb for fb in feedbacks
+            if (prefix is None or matches_prefix(fb, prefix))
+            and (not cats or any(c.lower() in cats for c in fb.categories or []))
+            and (not scopes or fb.scope in scopes) and (not types or fb.type in types)]
+
+
+def describe_selection(prefix=None, category=None, scope=None, type=None) -> str:
+    """The filters given, as words: "prefix 'heart', scope regional"."""
+    parts = [f"prefix {prefix!r}" if prefix is not None else "",
+             f"category {', '.join(_as_list(category))}" if category else "",
+             f"scope {', '.join(_as_list(scope))}" if scope else "", f"type {', '.join(_as_list(type))}" if type else ""]
+    return ", ".join(p for p in parts if p) or "no filter"
+
+
+def pick_second(feedbacks: list[Feedback], prefix: str, exclude: list[Feedback] = (),
+                label: str = "--second-feedback") -> Feedback:
+    """The second feedback (combined training, mixed-adapter evaluation): exactly one feedback whose
+    name is ``prefix`` or whose sentence or name starts with it (the original's ``second_feedback_prefix``)."""
+    exact = [fb for fb in feedbacks if fb.name == prefix]
+    found = exact or [fb for fb in feedbacks if matches_prefix(fb, prefix)]
+    if len(found) != 1:
+        names = ", ".join(fb.name for fb in found[:5]) or "none"
+        raise UserError(f"{label} {prefix!r}: must select exactly one feedback, selects "
+                        f"{len(found)} ({names})")
+    if any(found[0] is fb or found[0].name == fb.name for fb in exclude):
+        raise UserError(f"{label} {prefix!r}: selects {found[0].name}, which is already a first feedback")
+    return found[0]
+
+
+def select_pairs(feedbacks: list[Feedback], prefix=None, category=None, scope=None, type=None,
+                 second: str | None = None) -> list[int]:
+    """Indices of ``feedbacks`` (aligned with a config's data.dirs) that a selection keeps: those passing
+    the filters, then the ``second`` feedback (kept whatever the filters), which must not be one of them."""
+    chosen = select_feedbacks(feedbacks, prefix, category, scope, type)
+    if not chosen:
+        shown = ", ".join(fb.name for fb in feedbacks[:6]) + (", …" if len(feedbacks) > 6 else "")
+        raise UserError(f"no feedback matches {describe_selection(prefix, category, scope, type)} among the "
+                        f"{len(feedbacks)} given ({shown})")
+    keep = [i for i, fb in enumerate(feedbacks) if any(fb is c for c in chosen)]
+    if second:
+        other = pick_second(feedbacks, second, chosen, label="second_feedback")
+        keep.append(next(i for i, fb in enumerate(feedbacks) if fb is other))
+    return keep
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def _list(args) -> None:
+    feedbacks = load_feedbacks(args.sources or FEEDBACK_DIR)
+    chosen = select_feedbacks(feedbacks, args.prefix, args.category, args.scope, args.type)
+    if not chosen:
+        raise UserError(f"no feedback matches {describe_selection(args.prefix, args.category, args.scope, args.type)} "
+                        f"among {len(feedbacks)} ({', '.join(fb.name for fb in feedbacks[:6])}"
+                        f"{', …' if len(feedbacks) > 6 else ''})")
+    second = pick_second(feedbacks, args.second_feedback, chosen) if args.second_feedback else None
+    for fb in chosen:
+        print(f"{fb.name}\t{fb.scope}\t{fb.type}\t{fb.content}\t{fb.source}")
+    if second is not None:
+        print(f"second: {second.name}\t{second.scope}\t{second.type}\t{second.content}\t{second.source}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+    import sys
+
+    from rlvf.errors import exit_on_user_error
+
+    parser = argparse.ArgumentParser(prog="python -m rlvf.feedback", description="Feedback specs: draft one from a "
+                                     "sentence (new), or list and select feedbacks (list).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    new = sub.add_parser("new", help="have the teacher draft a feedback YAML from one sentence, for you to review")
+    new.add_argument("sentence", help='the feedback, e.g. "Always use a heart emoji when texting my girlfriend Maddie"')
+    new.add_argument("--out", help="file to write (default: ./<first words of the sentence>.yaml)")
+    new.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    new.add_argument("--config", help="experiment YAML whose teacher (or serve.teacher) drafts it; default: the "
+                                      "offline tiny-world teacher, which knows only the tiny world")
+    new.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config value (repeatable)")
+    ls = sub.add_parser("list", help="list feedbacks, selected as the original code's command line selects them")
+    ls.add_argument("sources", nargs="*", help="feedback files, directories or shipped names (default: the shipped ones)")
+    ls.add_argument("--prefix", help="the sentence or the file name starts with this")
+    ls.add_argument("--category", action="append", help="one of the feedback's categories (repeatable: any)")
+    ls.add_argument("--scope", action="append", choices=FEEDBACK_SCOPES, help="repeatable: any")
+    ls.add_argument("--type", action="append", choices=FEEDBACK_TYPES, help="repeatable: any")
+    ls.add_argument("--second-feedback", metavar="PREFIX", help="also pick exactly one second feedback by name "
+                                                                "or prefix (combined training, mixed adapters)")
+    args = parser.parse_args(argv)
+    with exit_on_user_error():
+        if args.command == "list":
+            _list(args)
+            return
+        from rlvf import drafts
+        from rlvf.config import load_config
+
+        if args.overrides and not args.config:
+            raise UserError("--set needs --config")
+        cfg = load_config(args.config, args.overrides) if args.config else None
+        path = drafts.new(args.sentence, args.out, args.overwrite, cfg)
+        print(path.read_text(encoding="utf-8"), end="")
+        print(f"wrote {path}: review it, then name it as a config's feedback (or pass it to rlvf.serve --teacher)",
+              file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

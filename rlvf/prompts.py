@@ -7,6 +7,10 @@ proposed and then revised (``REVISED_CATEGORIES:``), prompts are numbered lists 
 with a revision step, ``REVISED_PROMPTS:``), revisions come after ``IMPROVED_RESPONSE:``, and judge
 verdicts after ``BETTER_RESPONSE:`` on a 1–5 scale. The same parsers read a GPT-4-class teacher's
 replies and the offline teacher's (rlvf/tinyworld/teacher.py), which answers these exact requests.
+
+One request goes to the student instead (``sample.reviser: student``, the original's default): the
+revision of its own baseline, ``student_revise_request``, a plain user turn in the original's layout
+whose reply is read by the same ``parse_revision``.
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from dataclasses import dataclass
 
 SYSTEM = "You are a careful assistant that helps build training data. Follow the requested answer layout exactly."
 
-TASKS = ("categories", "in_scope_prompts", "near_scope_prompts", "revise", "judge", "quality")
+TASKS = ("categories", "in_scope_prompts", "near_scope_prompts", "revise", "judge", "quality", "draft_feedback")
 
 
 class ParseError(ValueError):
@@ -32,12 +36,14 @@ def _one_line(value) -> str:
 
 
 def categories_request(content: str, domain: str, count: int) -> list[dict[str, str]]:
-    """Ask for ``count`` categories of situations inside the feedback's domain."""
+    """Ask for ``count`` categories around the feedback's domain: a slightly larger superset of it (as the
+    original asks), so that each category holds prompts the feedback applies to and prompts it does not."""
     return _request("categories", {"FEEDBACK": content, "DOMAIN": domain, "COUNT": count}, f"""
-A user gave the feedback above. List {count} distinct, concrete categories of requests that fall inside
-its domain, so that prompts from each category clearly need the feedback applied. First think, then
-give a numbered list, then check it (remove overlaps and anything outside the domain) and give the
-final numbered list.
+A user gave the feedback above. List {count} distinct, concrete categories of requests that together
+cover a slightly larger area than its domain: each category stays close to the domain, and for each
+it must be easy to write some requests the feedback applies to and some it does not apply to. First
+think, then give a numbered list, then check it (remove overlaps and categories where one of the two
+kinds of request would be hard to write) and give the final numbered list.
 
 Layout:
 THOUGHTS: <one paragraph>
@@ -99,9 +105,29 @@ IMPROVED_RESPONSE:
 <the full improved response>""")
 
 
-def judge_request(content: str, prompt: str, response_1: str, response_2: str) -> list[dict[str, str]]:
-    """Ask which response follows the feedback better, on a 1–5 scale (1: the first, 3: equal, 5: the second)."""
-    return _request("judge", {"FEEDBACK": content}, f"""
+REVISION_MARKER = "IMPROVED_RESPONSE:"
+
+
+def student_revise_request(effect: str, prompt: str, response: str) -> list[dict[str, str]]:
+    """The student's revision of its own baseline, in the structure of the original's GET_COMPLETION_REVISED
+    (src/dataset/prompts.py): the prompt, the previous response and the feedback given by its *effect*;
+    a short explanation first, then the revision after ``IMPROVED_RESPONSE:``. It always applies the
+    effect (the effect alone does not say where the feedback belongs). One user turn, no system turn
+    (some chat templates, e.g. Mistral's, reject one)."""
+    return [{"role": "user", "content": (
+        "You will get a request, an earlier reply to it and a piece of feedback on how to reply. Write a "
+        "better reply that carries out the feedback and still keeps everything from the earlier reply that "
+        "matters for answering the request well. First, on a line starting with 'EXPLANATION:', say in two "
+        "or three sentences what you notice about the earlier reply and what the new one must change; think "
+        f"step by step. Then, on a new line, write '{REVISION_MARKER}' followed by the complete new reply. "
+        "Write nothing after the new reply.\n\n"
+        f"PROMPT: {prompt}\n\nPREVIOUS_RESPONSE: {response}\n\nFEEDBACK: {effect}\n\nEXPLANATION:")}]
+
+
+def judge_request(effect: str, prompt: str, response_1: str, response_2: str) -> list[dict[str, str]]:
+    """Ask which response follows the feedback better, on a 1–5 scale (1: the first, 3: equal, 5: the second).
+    The feedback is given by its effect (what changes), as the original's evaluation does."""
+    return _request("judge", {"FEEDBACK": effect}, f"""
 Compare how well the two responses follow the feedback for this prompt (adherence only, not quality).
 Answer 1 if RESPONSE_1 follows it much better, 2 somewhat better, 3 equally (both or neither),
 4 if RESPONSE_2 follows it somewhat better, 5 much better.
@@ -132,6 +158,52 @@ RESPONSE:
 Layout:
 THOUGHTS: <one paragraph>
 SCORE: <1-5>""")
+
+
+def draft_feedback_request(sentence: str, metrics: list[str]) -> list[dict[str, str]]:
+    """Ask for the fields of a feedback spec (domain, effect, scope, type, metric) drafted from one sentence.
+
+    ``metrics``: one line per metric kind the spec may use (``kind(params): what it checks``). The reply
+    is a YAML mapping after ``SPEC:`` (the keys of a feedback file, less ``content``), or one line after
+    ``PROBLEM:`` when the sentence cannot be turned into a spec. The fields follow C3PO §3 and the
+    feedback records of the original code (its notebooks/gpt_feedback_gen.ipynb drafted them with GPT-4).
+    """
+    kinds = "\n".join(f"- {line}" for line in metrics)
+    return _request("draft_feedback", {"FEEDBACK": sentence}, f"""
+A user gave a chat assistant the feedback above. Turn it into a specification that a data pipeline can
+use to teach the assistant to apply the feedback where it belongs and nowhere else:
+
+- domain: the situations the feedback applies to, in words, as a short phrase (for "Be more concise
+  when emailing my boss Jared": "writing an email to my boss Jared"); keep every name and qualifier.
+- effect: what should change in the assistant's replies there, as a short imperative phrase
+  ("be more concise").
+- scope: global if it applies to every request, regional if to a broad area (a person, a channel,
+  a kind of task), local if to a narrow one (a few specific topics).
+- type: quantitative if a simple mechanical check of the reply can tell whether it follows the
+  feedback (an emoji, a casing, a fixed opening or closing, a length); qualitative if it takes
+  judgement (tone, humour, level of detail).
+- metric: required for quantitative feedback, optional for qualitative: the check, one mapping with
+  a kind from the list below and its parameters (a list of mappings means all must hold). Length
+  kinds compare the reply with the assistant's reply before the feedback.
+
+Metric kinds:
+{kinds}
+
+If the sentence is not feedback about how to reply, or no specification can express it, answer
+PROBLEM with the reason in one line instead of a SPEC.
+
+Layout:
+THOUGHTS: <one paragraph>
+SPEC:
+domain: <phrase>
+effect: <phrase>
+scope: <global|regional|local>
+type: <quantitative|qualitative>
+metric: {{kind: <kind>, <parameter>: <value>}}
+
+or:
+THOUGHTS: <one paragraph>
+PROBLEM: <why no specification fits, one line>""")
 
 
 # ----------------------------------------------------------------------------- reading requests
@@ -210,10 +282,14 @@ def parse_prompts(reply: str) -> list[str]:
 
 
 def parse_revision(reply: str) -> str:
-    m = re.search(r"IMPROVED_RESPONSE:[ \t]*\n?(.*)\Z", reply, flags=re.S)
-    if m is None or not m.group(1).strip():
-        raise ParseError("no text after IMPROVED_RESPONSE:")
-    return m.group(1).strip("\n")
+    """The text after the last ``IMPROVED_RESPONSE:`` (the original splits on the marker and keeps the last
+    part; an explanation that mentions the marker comes before it). Raises ParseError when the marker is
+    missing or nothing follows it."""
+    _, marker, tail = reply.rpartition(REVISION_MARKER)
+    tail = re.sub(r"\A(?:\*\*)?[ \t]*\n?", "", tail)  # 'IMPROVED_RESPONSE:**' as markdown-happy models write it
+    if not marker or not tail.strip():
+        raise ParseError(f"no text after {REVISION_MARKER}")
+    return tail.strip("\n")
 
 
 def _score(reply: str, name: str) -> int:
@@ -235,3 +311,33 @@ def parse_quality(reply: str) -> int:
 def verdict_to_h(verdict: int) -> float:
     """Map a 1–5 verdict with the new response as RESPONSE_2 to h ∈ [−1, 1]: (v − 3) / 2."""
     return (verdict - 3) / 2
+
+
+@dataclass
+class Draft:
+    """A parsed draft_feedback reply: the spec mapping, or the teacher's one-line problem."""
+
+    spec: dict | None
+    problem: str | None = None
+
+
+def parse_draft(reply: str) -> Draft:
+    """The YAML mapping after ``SPEC:`` (code fences allowed), or the text after ``PROBLEM:``. Raises ParseError."""
+    problem = re.search(r"^\s*PROBLEM:[ \t]*(.+)$", reply, flags=re.M)
+    spec = re.search(r"^\s*SPEC:[ \t]*\n?(.*)\Z", reply, flags=re.M | re.S)
+    if problem is not None and (spec is None or problem.start() < spec.start()):
+        return Draft(None, " ".join(problem.group(1).split()))
+    if spec is None:
+        raise ParseError("no SPEC: or PROBLEM: section")
+    body = re.sub(r"^\s*```[A-Za-z]*[ \t]*$", "", spec.group(1), flags=re.M)  # a fenced ```yaml block
+    import yaml
+
+    from rlvf.typed import yaml_load  # YAML as the config loader reads it (no duplicate keys, 1.2 floats)
+
+    try:
+        raw = yaml_load(body)
+    except (yaml.YAMLError, RecursionError) as err:
+        raise ParseError(f"the SPEC is not valid YAML ({' '.join(str(err).split())[:200]})") from None
+    if not isinstance(raw, dict) or not raw:
+        raise ParseError("the SPEC is not a YAML mapping of domain, effect, scope, type and metric")
+    return Draft(raw)

@@ -8,8 +8,10 @@ For each feedback (one per entry of ``data.dirs``):
 4. each scope's prompts are split, seeded, into train and test;
 5. the model being trained (the *student*, served) writes a baseline response to every prompt, and
    the in-context / chain-of-thought baseline responses to the test prompts;
-6. the teacher revises the in-scope baselines (the chosen responses of the DPO pairs) — and, with
-   ``sample.negatives``, applies the feedback to near/out baselines too (dpo negatives);
+6. the reviser (``sample.reviser``) revises the in-scope baselines (the chosen responses of the DPO
+   pairs), the near/out test baselines (eval method ``revised``) and, with ``sample.negatives``, the
+   near/out train baselines (dpo negatives): by default the student itself, given the feedback's
+   effect, as the original does; or the teacher, given the feedback, applied where it applies;
 7. for quantitative feedback, in-scope training pairs whose revision does not beat the baseline on
    the feedback's metric are dropped and counted.
 
@@ -19,8 +21,8 @@ drops, failures and usage at the top level, and the history of every run on this
 (``runs``: each with its timestamps, counts, failures, the earlier failures it filled in and its
 usage; ``totals``: usage and failures summed over the runs). Every request goes through
 rlvf.client, whose disk cache (``<data dir>/.cache``) makes a re-run or a resumed run pay only for
-what is missing. Replies that do not parse are asked again with another seed, then reported with
-counts — never dropped silently.
+what is missing. Replies that do not parse (the teacher's, and the student's revisions) are asked
+again with another seed, then reported with counts — never dropped silently.
 
 A request that runs out of retries leaves its rows out (counted as incomplete in sample_meta.json,
 which lists it); the run goes on with everything else, then names the failed requests on one line
@@ -37,35 +39,44 @@ from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
+from rlvf import config
 from rlvf import prompts as P
 from rlvf.atomic import write_text_atomic
-from rlvf.client import ChatClient, ChatFailure, ChatRequest, EndpointConfig, Sampling
-from rlvf.config import load_config
-from rlvf.data import SCOPES, read_rows, scope_file
+from rlvf.client import ChatClient, ChatFailure, ChatRequest, api_key
+from rlvf.config import Config, EndpointConfig, Sampling, check_stage, load_runs, samplings, sweep_for
+from rlvf.data import SCOPES, scope_file
+from rlvf.drafts import prepare_feedbacks
+from rlvf.endpoints import local_endpoints, need
 from rlvf.errors import UserError, exit_on_user_error
 from rlvf.feedback import Feedback, load_feedbacks
-from rlvf.tinyworld.scope import in_near_scope, in_scope
-from rlvf.pipeline_config import PipelineConfig
+from rlvf.general_prompts import general_prompts  # out-of-scope sources and draw (callers import it from here too)
+from rlvf.typed import error
 
 COT_MARKER = "RESPONSE:"
 META_NAME = "sample_meta.json"
+TINY_MODEL_DIR = Path(__file__).resolve().parent / "tinyworld" / "model"  # the shipped model (rlvf.eval has it too)
 
 
 # ----------------------------------------------------------------------------- student prompts
 
 
 def in_context_messages(feedback: str, prompt: str) -> list[dict]:
-    """The paper's in-context baseline: the feedback written before the prompt (user turn only, since
-    some chat templates, e.g. Mistral's, reject a system turn)."""
-    return [{"role": "user", "content": f"{feedback}\n\n{prompt}"}]
+    """The in-context baseline as the original builds it: the request, then the feedback with the
+    instruction to apply it where it applies (user turn only: some chat templates, e.g. Mistral's,
+    reject a system turn)."""
+    return [{"role": "user", "content": f"{prompt} (Apply this feedback if it is relevant here: {feedback})"}]
 
 
 def cot_messages(feedback: str, prompt: str) -> list[dict]:
-    """The chain-of-thought baseline: reason about whether the feedback applies, then answer."""
+    """The chain-of-thought baseline, the original's two steps: reason whether and how the feedback
+    applies to the request, then answer after the marker, applying it only where it applies."""
     return [{"role": "user", "content": (
-        f"Here is a piece of feedback: {feedback}\n\nFirst think step by step about whether the feedback "
-        f"applies to the request below and how. Then write your reply on a new line starting with "
-        f"'{COT_MARKER}'.\n\nRequest: {prompt}")}]
+        "You will get a request and a piece of feedback that may or may not apply to it. First, on a line "
+        "starting with 'EXPLANATION:', reason step by step in two or three sentences about whether the "
+        "feedback applies to this request and, if it does, how to apply it. Then, on a new line starting "
+        f"with '{COT_MARKER}', write your complete reply to the request, applying the feedback only if it "
+        "applies. Write nothing after the reply.\n\n"
+        f"REQUEST: {prompt}\nFEEDBACK: {feedback}\nEXPLANATION:")}]
 
 
 def cot_answer(text: str) -> str:
@@ -77,7 +88,8 @@ def cot_answer(text: str) -> str:
 
 
 class Asker:
-    """Sends teacher requests, re-asks unparseable replies with a new seed, records failures."""
+    """Sends requests whose replies must parse (the teacher's; the student's revisions), re-asks
+    unparseable replies with a new seed, records failures."""
 
     def __init__(self, client: ChatClient, sampling: Sampling, retries: int, seed: int, stats: dict):
         self.client, self.sampling, self.retries, self.seed, self.stats = client, sampling, retries, seed, stats
@@ -105,40 +117,7 @@ class Asker:
         return done
 
 
-# ----------------------------------------------------------------------------- prompt sources
-
-
-def general_prompts(source: str, n: int, fb: Feedback, seed: int, exclude: set[str]) -> list[str]:
-    """``n`` out-of-scope prompts: from the tiny world (outside the feedback's scope and near scope),
-    a JSONL file with a 'prompt' field, or a local datasets directory with a 'prompt' column."""
-    rng = random.Random(seed)
-    if source == "tinyworld":
-        from rlvf.tinyworld import world
-
-        if fb.world is None:
-            raise UserError(f"sample.general_prompts: 'tinyworld' needs a tiny-world feedback, {fb.name} has no world fields")
-        out = []
-        for _ in range(200 * max(1, n)):
-            if len(out) == n:
-                break
-            req = world.sample_request(rng)
-            if not in_scope(fb, req) and not in_near_scope(fb, req) and req.prompt not in exclude | set(out):
-                out.append(req.prompt)
-        return out
-    path = Path(source)
-    if path.is_dir():
-        import datasets
-
-        try:
-            column = datasets.load_from_disk(str(path))["prompt"]
-        except (FileNotFoundError, KeyError, ValueError) as err:
-            raise UserError(f"sample.general_prompts: {path}: not a datasets directory with a 'prompt' column ({err})") from None
-        pool = [p for p in column if isinstance(p, str) and p.strip()]
-    else:
-        pool = [r["prompt"] for r in read_rows(path, ())]
-    pool = [p for p in dict.fromkeys(pool) if p not in exclude]
-    rng.shuffle(pool)
-    return pool[:n]
+# ----------------------------------------------------------------------------- train/test split
 
 
 def split(items: list, fraction: float, seed: int) -> tuple[list, list]:
@@ -153,7 +132,7 @@ def split(items: list, fraction: float, seed: int) -> tuple[list, list]:
 # ----------------------------------------------------------------------------- one feedback
 
 
-def _prompts_by_scope(fb: Feedback, cfg: PipelineConfig, ask: Asker) -> dict[str, list[dict]]:
+def _prompts_by_scope(fb: Feedback, cfg: Config, ask: Asker) -> dict[str, list[dict]]:
     """{scope: [{"prompt", "category"}]} from the teacher (in/near) and the general source (out)."""
     s = cfg.sample
     if fb.categories:
@@ -182,7 +161,7 @@ def _prompts_by_scope(fb: Feedback, cfg: PipelineConfig, ask: Asker) -> dict[str
     return rows
 
 
-def _student_responses(rows: list[dict], fb: Feedback, cfg: PipelineConfig, student: ChatClient, stats: dict) -> None:
+def _student_responses(rows: list[dict], fb: Feedback, cfg: Config, student: ChatClient, stats: dict) -> None:
     """Fill 'baseline' (every row) and the in-context / CoT baselines (test rows) in place."""
     sampling = replace(cfg.sample.student_sampling, seed=cfg.sample.seed)
     builders = {"baseline": lambda p: [{"role": "user", "content": p}],
@@ -217,22 +196,34 @@ def _failure(f: ChatFailure) -> dict:
     return {"key": f.key, "error": f.error, "attempts": f.attempts}
 
 
-def _revisions(rows: list[dict], fb: Feedback, cfg: PipelineConfig, ask: Asker) -> None:
-    """Teacher revisions: in scope (applied if relevant), near/out test rows (if relevant: the
-    'revised' eval method), near/out train rows with ``negatives`` (always applied)."""
+def _revisions(rows: list[dict], fb: Feedback, cfg: Config, ask: Asker) -> None:
+    """Fill 'revised' in place, asking ``ask``'s endpoint (the reviser's) for the rows that need one:
+    every in-scope row (the chosen responses; the test rows for eval method 'revised'), the near/out
+    test rows ('revised' in every scope) and, with ``negatives``, the near/out train rows (dpo's
+    negatives). Near/out train rows without ``negatives`` are skipped: nothing reads their revision.
+
+    ``sample.reviser: student`` (default) is the original's scheme (src/sample.py sample_completions):
+    the model being trained revises its own baseline from the feedback's *effect* (prompts.
+    student_revise_request), with the student's sampling. The original revises every prompt of every
+    scope, train and test alike, and its revisions always apply the effect, so here too near/out
+    revisions apply it unconditionally. ``teacher`` asks the teacher with the feedback's content,
+    applied only where relevant (always for the negatives).
+    """
+    student = cfg.sample.reviser == "student"
     requests = {}
     for i, row in enumerate(rows):
         if "baseline" not in row:
             continue
         always = cfg.sample.negatives and row["scope"] != "in_scope" and row["split"] == "train"
         if row["scope"] == "in_scope" or row["split"] == "test" or always:
-            requests[f"revise/{i}"] = P.revise_request(fb.content, row["prompt"], row["baseline"], always=always)
-    got = ask.ask(requests, P.parse_revision, f"{fb.name}: revisions")
+            requests[f"revise/{i}"] = (P.student_revise_request(fb.effect, row["prompt"], row["baseline"]) if student
+                                       else P.revise_request(fb.content, row["prompt"], row["baseline"], always=always))
+    got = ask.ask(requests, P.parse_revision, f"{fb.name}: {cfg.sample.reviser} revisions")
     for key, text in got.items():
         rows[int(key.split("/")[1])]["revised"] = text
 
 
-def _keep(row: dict, fb: Feedback, cfg: PipelineConfig, stats: dict) -> bool:
+def _keep(row: dict, fb: Feedback, cfg: Config, stats: dict) -> bool:
     """Rows missing a field they need (failed or unparsed requests) are left out, counted in stats."""
     need = ["baseline"] + (["revised"] if row["scope"] == "in_scope" else [])
     if row["split"] == "test":
@@ -254,7 +245,7 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
     write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
-def sample_feedback(fb: Feedback, out_dir: Path, cfg: PipelineConfig, teacher: ChatClient,
+def sample_feedback(fb: Feedback, out_dir: Path, cfg: Config, teacher: ChatClient,
                     student: ChatClient) -> dict:
     """Generate one feedback's data into ``out_dir``; returns the stats written to sample_meta.json."""
     started = _now()
@@ -268,7 +259,8 @@ def sample_feedback(fb: Feedback, out_dir: Path, cfg: PipelineConfig, teacher: C
         for part, name in ((train, "train"), (test, "test")):
             rows += [{**r, "scope": scope, "split": name} for r in part]
     _student_responses(rows, fb, cfg, student, stats)
-    _revisions(rows, fb, cfg, ask)
+    reviser = ask if s.reviser == "teacher" else Asker(student, s.student_sampling, s.max_parse_retries, s.seed, stats)
+    _revisions(rows, fb, cfg, reviser)
     out_dir.mkdir(parents=True, exist_ok=True)
     counts = {}
     for scope in SCOPES:
@@ -353,11 +345,11 @@ def totals(runs: list[dict]) -> dict:
             "filled_in": sum(len(r.get("filled_in") or []) for r in runs)}
 
 
-def run(cfg: PipelineConfig, teacher_ep: EndpointConfig, student_ep: EndpointConfig, progress: bool = True) -> list[dict]:
+def run(cfg: Config, teacher_ep: EndpointConfig, student_ep: EndpointConfig, progress: bool = True) -> list[dict]:
     """Sample every feedback of ``cfg`` into its data directory; UserError at the end if requests failed."""
     feedbacks = load_feedbacks(cfg.feedback)
     for endpoint in (teacher_ep, student_ep):
-        endpoint.api_key()  # a missing or malformed key stops the run here, before any request or file
+        api_key(endpoint)  # a missing or malformed key stops the run here, before any request or file
     metas = []
     for fb, data_dir in zip(feedbacks, cfg.data.dirs):
         out = Path(data_dir)
@@ -368,7 +360,7 @@ def run(cfg: PipelineConfig, teacher_ep: EndpointConfig, student_ep: EndpointCon
         print(f"{fb.name}: " + ", ".join(f"{k} {v}" for k, v in meta["counts"].items())
               + f"; {meta['filtered_pairs']} pairs filtered by the metric, {meta['incomplete_rows']} rows incomplete"
               + (f"; {failed} requests failed (a re-run retries them)" if failed else "")
-              + (f"; {unparsed} teacher replies did not parse (see sample_meta.json)" if unparsed else ""),
+              + (f"; {unparsed} replies did not parse (see 'unparsed' in sample_meta.json)" if unparsed else ""),
               file=sys.stderr)
         print(f"  teacher: {meta['teacher']}\n  student: {meta['student']}", file=sys.stderr)
         metas.append(meta)
@@ -396,37 +388,62 @@ def failures_error(failed: list[tuple[Feedback, str, dict]], show: int = 5) -> U
                      "requests are cached")
 
 
-def endpoints(cfg: PipelineConfig) -> tuple[EndpointConfig, EndpointConfig]:
-    if cfg.teacher is None or cfg.student is None:
-        missing = "teacher" if cfg.teacher is None else "student"
-        raise UserError(f"{missing}: no endpoint configured (give base_url and model, or use python -m rlvf.pipeline "
-                        f"with serve.{missing}: true)")
-    return cfg.teacher, cfg.student
-
-
-def check_ready(cfg: PipelineConfig, where: str) -> None:
+def check_ready(cfg: Config, where: str) -> None:
     """Errors a user can cause, before anything is written."""
     if not cfg.feedback:
         raise UserError(f"{where}: feedback: missing required value (one feedback name or YAML path per data.dirs entry)")
     s = cfg.sample
-    if s.general_prompts != "tinyworld" and not Path(s.general_prompts).exists():
-        raise UserError(f"{where}: sample.general_prompts: {s.general_prompts} not found (give 'tinyworld', a JSONL "
-                        "file with a 'prompt' field per line, or a datasets directory with a 'prompt' column)")
-    for fb in load_feedbacks(cfg.feedback):  # reads (and so checks) the general-prompt source up front
-        general_prompts(s.general_prompts, 1, fb, s.seed, set())
+    if s.reviser == "student" and cfg.serve.student and is_shipped_tiny_model(cfg.model.path):
+        raise error(where, "sample.reviser", f"student would have the served {cfg.model.path} revise its own replies, "
+                    "but the shipped tiny-world model cannot follow instructions; set sample.reviser: teacher")
+    for role in ("teacher", "student"):  # keys first: reading the general-prompt source may be a download
+        if getattr(cfg, role) is not None and not getattr(cfg.serve, role):
+            api_key(getattr(cfg, role))
+    for i, (fb, data_dir) in enumerate(zip(load_feedbacks(cfg.feedback), cfg.data.dirs)):
+        general_prompts(s.general_prompts, s.out_of_scope, fb, s.seed, set())  # all it must give, up front
+        owner = data_owner(Path(data_dir))
+        if owner is not None and owner != fb.name:
+            raise UserError(f"{where}: data.dirs[{i}]: {data_dir} holds the data of feedback {owner!r} "
+                            f"({META_NAME}); give {fb.name!r} a directory of its own")
+
+
+def is_shipped_tiny_model(path: str | None) -> bool:
+    """Whether ``path`` is the shipped tiny-world model (rlvf/tinyworld/model) or a copy of it (same build_stats.json)."""
+    if not path:
+        return False
+    here = Path(path)
+    if here.resolve() == TINY_MODEL_DIR.resolve():
+        return True
+    try:
+        return (here / "build_stats.json").read_bytes() == (TINY_MODEL_DIR / "build_stats.json").read_bytes()
+    except OSError:
+        return False
+
+
+def data_owner(data_dir: Path) -> str | None:
+    """The feedback whose data ``data_dir`` holds, from its sample_meta.json (None: no data yet)."""
+    runs = read_runs(data_dir / META_NAME)
+    names = [r.get("feedback") for r in runs if isinstance(r.get("feedback"), str)]
+    return names[-1] if names else None
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m rlvf.sample", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    args = parser.parse_args(argv)
+    config.add_arguments(parser)
+    args = config.parse_arguments(parser, argv, "sample")
     with exit_on_user_error():
-        cfg = load_config(args.config, args.overrides, PipelineConfig)
-        check_ready(cfg, args.config)
-        teacher_ep, student_ep = endpoints(cfg)
-        run(cfg, teacher_ep, student_ep)
+        runs = load_runs(args.config, args.overrides)
+        where = config.origin(args.config, args.overrides)  # a key given by --set is blamed on it
+        sweep_for(runs, ("sample",), where)
+        distinct = samplings(runs, where)  # sweep points with the same sampling settings share one
+        for cfg in distinct:
+            check_stage(cfg, "sample", where)
+            prepare_feedbacks(cfg, where, "sample", draft=True)  # sentences drafted into data.dirs; select
+            check_ready(cfg, where)
+        for cfg in distinct:
+            with local_endpoints(cfg) as (teacher, student):  # serve.teacher / serve.student: rlvf's own server
+                run(cfg, need(teacher, "teacher", "sample"), need(student, "student", "sample"))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from rlvf.edits import apply_edit
 from rlvf.feedback import FEEDBACK_DIR, Edit, Feedback, Metric, load_feedback, load_feedbacks
 from rlvf.tinyworld.scope import in_near_scope, in_scope, near_selectors, sample_from_selector, world_slots
 from rlvf.feedback_metrics import METRICS
-from rlvf.tinyworld import world
+from rlvf.tinyworld import world as tiny_world
 
 # ----------------------------------------------------------------------------- edits
 
@@ -135,7 +135,7 @@ def test_length_metric_needs_baseline():
 def test_programmatic_construction_validates():
     with pytest.raises(UserError, match="unknown metric kind 'regexp'.*did you mean 'regex'"):
         Metric("regexp", {"pattern": "a"})
-    with pytest.raises(UserError, match="edit.sentences: expected a positive int"):
+    with pytest.raises(UserError, match="edit.sentences: must be positive, got 0"):
         Edit("shorten", {"sentences": 0})
     fb = Feedback("Be concise", "emails", "be concise", "regional", "quantitative",
                   metric=Metric("shorter_than_baseline"))
@@ -188,17 +188,17 @@ BAD = [  # (old, new) replaced in GOOD, expected message after "<file>: "
     ('{kind: ends_with, text: "Enjoy!"}', "{kind: ends_with}", r"metric.text: missing required parameter"),
     ('{kind: ends_with, text: "Enjoy!"}', '{kind: regex, pattern: "("}', r"metric.pattern: invalid regular expression"),
     ('{kind: ends_with, text: "Enjoy!"}', "{kind: shorter_than_baseline, ratio: half}",
-     r"metric.ratio: expected float, got 'half'"),
+     r"metric.ratio: expected a number, got 'half'"),
     ('{kind: ends_with, text: "Enjoy!"}', "{kind: shorter_than_baseline, unit: tokens}",
-     r"metric.unit: expected one of chars, words, got 'tokens'"),
+     r"metric.unit: expected one of 'chars', 'words', got 'tokens'"),
     ('{kind: ends_with, text: "Enjoy!"}', "[{kind: ends_with, text: x}, {kind: contains_all, strings: []}]",
      r"metric\[1\].strings: expected a non-empty list of non-empty strings"),
     ('{kind: ends_with, text: "Enjoy!"}', "{text: x}", r"metric.kind: missing \(one of: shorter_than_baseline"),
     ("{kind: sign_off, text:", "{kind: add_emoji, text:",
      r"world.edit.kind: unknown edit kind 'add_emoji' \(known: append, prepend"),
     ('{kind: sign_off, text: "Enjoy!"}', "{kind: shorten, sentences: -1}",
-     r"world.edit.sentences: expected a positive int, got -1"),
-    ('{kind: sign_off, text: "Enjoy!"}', "{kind: shorten, sentences: 1.5}", r"world.edit.sentences: expected int"),
+     r"world.edit.sentences: must be positive, got -1"),
+    ('{kind: sign_off, text: "Enjoy!"}', "{kind: shorten, sentences: 1.5}", r"world.edit.sentences: expected an integer, got 1.5"),
     ('{kind: sign_off, text: "Enjoy!"}', "[{kind: uppercase}, {kind: shorten, sentence: 1}]",
      r"world.edit\[1\].sentence: unknown parameter of edit 'shorten' \(did you mean 'sentences'\?\)"),
     ('  edit: {kind: sign_off, text: "Enjoy!"}\n', "", r"world.edit: missing required value"),
@@ -291,13 +291,13 @@ def test_edit_turns_baseline_into_following(fb):
     for _ in range(N_SAMPLES):
         request = sample_from_selector(rng, fb.world.selector)
         assert in_scope(fb, request) and not in_near_scope(fb, request)
-        baseline = world.baseline_reply(rng, request)
+        baseline = tiny_world.baseline_reply(rng, request)
         edited = apply_edit(fb.world.edit, baseline)
         base_follows += fb.metric.follows(baseline, baseline)
         assert fb.metric.follows(edited, baseline), (baseline, edited)
         assert fb.follows(edited, baseline)
         assert apply_edit(fb.world.edit, edited) == edited, "edits are idempotent"
-        assert world.on_topic(request, edited), (request, edited)
+        assert tiny_world.on_topic(request, edited), (request, edited)
     assert base_follows <= 0.1 * N_SAMPLES
 
 
@@ -315,7 +315,7 @@ def test_selector_separates_in_scope_from_near_scope(fb):
     # and the world's own sampler with pins straight from the selector agrees
     for _ in range(N_SAMPLES):
         pins = {k[:-1]: rng.choice(v) for k, v in fb.world.selector.items() if k in ("recipients", "topics")}
-        request = world.sample_request(rng, rng.choice(fb.world.selector["scenarios"]), **pins)
+        request = tiny_world.sample_request(rng, rng.choice(fb.world.selector["scenarios"]), **pins)
         if "relations" in fb.world.selector and request.relation not in fb.world.selector["relations"]:
             continue
         assert in_scope(fb, request)
@@ -325,7 +325,7 @@ def test_world_slots_cover_what_the_world_samples():
     slots = {(r.scenario, r.topic, r.recipient, r.relation, r.channel) for r in world_slots()}
     rng = random.Random(2)
     for _ in range(500):
-        r = world.sample_request(rng)
+        r = tiny_world.sample_request(rng)
         assert (r.scenario, r.topic, r.recipient, r.relation, r.channel) in slots
 
 
@@ -351,7 +351,7 @@ def test_new_combination_in_yaml_needs_no_code(tmp_path):
     rng = random.Random(3)
     for _ in range(50):
         request = sample_from_selector(rng, fb.world.selector)
-        baseline = world.baseline_reply(rng, request)
+        baseline = tiny_world.baseline_reply(rng, request)
         edited = apply_edit(fb.world.edit, baseline)
         assert not fb.metric.follows(baseline) and fb.metric.follows(edited) and edited.endswith(" YUM!")
         assert not in_scope(fb, sample_from_selector(rng, near_selectors(fb)[0]))

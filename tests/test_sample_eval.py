@@ -9,11 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rlvf.config import load_config
+from rlvf.config import Config, load_config
 from rlvf.data import SCOPES, read_rows, scope_file
 from rlvf.eval import TINY_MODEL_DIR, caveats, h_metric, scores
 from rlvf.feedback import load_feedbacks
-from rlvf.pipeline_config import PipelineConfig
 from rlvf.report import chart_title, markdown, table, write_reports
 from rlvf.sample import cot_answer, split
 
@@ -28,6 +27,7 @@ def pipeline_config(tmp_path, model_dir, feedback="heart-emoji-maddie", **sectio
         "data": {"dirs": [str(tmp_path / "data")], "max_length": 256, "max_prompt_length": 96, "val_fraction": 0.1},
         "output_dir": str(tmp_path / "run"),
         "sample": {"categories": 2, "in_scope_per_category": 4, "near_scope_per_category": 4, "out_of_scope": 8,
+                   "reviser": "teacher",  # a tiny model cannot follow instructions: the offline teacher revises
                    "student_sampling": {"temperature": 0.0, "max_tokens": 24}},
         "lora": {"r": 4, "alpha": 8},
         "train": {"max_steps": 2, "batch_size": 2, "grad_accum": 1, "progress": False},
@@ -47,8 +47,10 @@ def test_scores_match_hand_computation():
     assert s["S_in"] == pytest.approx(0.25)  # (1 + 1 + 0 − 1) / 4
     assert s["S_near"] == pytest.approx(0.5)  # (0 + 1 + 1 + 0) / 4
     assert s["S_general"] == pytest.approx(0.2)  # 1 / 5
-    assert s["S_out"] == pytest.approx(3 / 9)  # |h| over the 9 near and out prompts
-    assert s["S_overall"] == pytest.approx((0.25 + 1 - 1 / 3) / 2)
+    assert s["S_out"] == pytest.approx((0.5 + 0.2) / 2)  # the two sets weigh the same (4 and 5 prompts)
+    assert s["S_overall"] == pytest.approx((0.25 + 1 - 0.35) / 2)
+    only_near = scores({"in_scope": [1], "near_scope": [1, 0], "out_of_scope": []})
+    assert only_near["S_out"] == pytest.approx(0.5) and only_near["S_general"] is None
     assert scores({"in_scope": [], "near_scope": [], "out_of_scope": []})["S_overall"] is None
 
 
@@ -96,7 +98,7 @@ def test_report_states_counts_methods_formula_and_examples():
 
 
 def test_caveat_for_prompted_baselines_on_the_tiny_model(tmp_path):
-    cfg = PipelineConfig()
+    cfg = Config()
     cfg.model.path, cfg.eval.methods = str(TINY_MODEL_DIR), ["adapter", "in_context", "cot"]
     (line,) = caveats(cfg)
     assert line.startswith("in_context and cot prompt the shipped tiny-world model")
@@ -116,7 +118,7 @@ def test_sample_and_eval_on_the_offline_teacher(tmp_path, tiny_model_dir):
     from rlvf.pipeline import run
 
     path = pipeline_config(tmp_path, tiny_model_dir)
-    cfg = load_config(path, [], PipelineConfig)
+    cfg = load_config(path)
     results = run(cfg, ["sample", "train", "eval"], str(path))
     data = tmp_path / "data"
     (fb,) = load_feedbacks(cfg.feedback)
@@ -147,13 +149,31 @@ def test_sample_and_eval_on_the_offline_teacher(tmp_path, tiny_model_dir):
     assert any(" ".join(r["prompt"].split())[:40] in report for r in test_rows["in_scope"])
 
 
+def test_a_data_dir_holding_another_feedback_is_refused(tmp_path, tiny_model_dir, capsys):
+    from rlvf.pipeline import main
+    from rlvf.sample import META_NAME, _run_record
+
+    data = tmp_path / "data"
+    data.mkdir()
+    meta = {"runs": [_run_record({"counts": {}}, "hey-team-email", None, None, None)]}
+    (data / META_NAME).write_text(json.dumps(meta), encoding="utf-8")
+    before = sorted(p.name for p in data.iterdir())
+    with pytest.raises(SystemExit) as exc:
+        main(["--config", str(pipeline_config(tmp_path, tiny_model_dir))])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2
+    assert f"data.dirs[0]: {data} holds the data of feedback 'hey-team-email'" in err[-1]
+    assert "give 'heart-emoji-maddie' a directory of its own" in err[-1]
+    assert sorted(p.name for p in data.iterdir()) == before and not (tmp_path / "run").exists()
+
+
 def test_pipeline_errors_are_one_line(tmp_path, tiny_model_dir, capsys):
     from rlvf.pipeline import main
 
     cases = [
         ({"feedback": "no-such-feedback"}, "no-such-feedback: no such feedback"),
-        ({"serve": {"teacher": False}}, "teacher: the sample stage needs"),
-        ({"eval": {"methods": ["magic"]}}, "eval.methods: unknown 'magic'"),
+        ({"serve": {"teacher": False}}, "teacher: no endpoint configured"),
+        ({"eval": {"methods": ["magic"]}}, "eval.methods[0]: expected one of 'adapter', 'base'"),
     ]
     for change, fragment in cases:
         path = pipeline_config(tmp_path, tiny_model_dir, **change)
@@ -188,7 +208,7 @@ def test_general_prompt_sources(tmp_path):
     import datasets
 
     datasets.Dataset.from_dict({"prompt": ["a?", "b?", "c?"]}).save_to_disk(str(tmp_path / "ds"))
-    assert sorted(general_prompts(str(tmp_path / "ds"), 5, fb, seed=0, exclude={"b?"})) == ["a?", "c?"]
+    assert sorted(general_prompts(str(tmp_path / "ds"), 2, fb, seed=0, exclude={"b?"})) == ["a?", "c?"]
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "ok"}\n{"prompt": ""}\n')
     with pytest.raises(UserError, match=r"bad.jsonl:2: field 'prompt' is empty"):
@@ -219,3 +239,58 @@ def test_qualitative_feedback_is_scored_by_the_teachers_judge():
         # new = funny (judge 5 → h 1), new = baseline (identical: h 0 without asking), reversed (judge 1 → −1)
         assert scorer.h(rows[:2], [funny, base]) == [1.0, 0.0]
         assert scorer.h([{**rows[0], "baseline": funny}], [base]) == [-1.0]
+
+
+def test_the_judge_is_asked_about_the_feedbacks_effect():
+    """As the original's evaluation: the judge prompt carries the effect, not the feedback sentence."""
+    from types import SimpleNamespace
+
+    from rlvf.client import Sampling
+    from rlvf.eval import Scorer
+
+    (fb,) = load_feedbacks(["funny-texts-sam"])
+    sent = []
+
+    class Recorder:
+        def run(self, requests, desc):
+            sent.extend(requests)
+            return [SimpleNamespace(key=r.key, texts=["THOUGHTS: x\nBETTER_RESPONSE: 5"]) for r in requests], []
+
+    scorer = Scorer(fb, Recorder(), Sampling(temperature=0.0))
+    assert scorer.h([{"prompt": "Text Sam.", "baseline": "Hi Sam."}], ["Hi Sam. Haha!"]) == [1.0]
+    (request,) = sent
+    text = "\n".join(m["content"] for m in request.messages)
+    assert f"FEEDBACK: {fb.effect}" in text and fb.content not in text
+
+
+def test_eval_prompts_are_selected_as_the_original(tmp_path):
+    """75 per set by default: datasets' shuffle(seed=42).select(range(n)) of each test split."""
+    from datasets import Dataset
+
+    from rlvf.eval import test_rows
+
+    for k, scope in enumerate(SCOPES):
+        rows = [{"id": f"{scope}-{i}", "prompt": f"p{k}-{i}", "baseline": f"b{i}"} for i in range(100 + k)]
+        scope_file(tmp_path, scope, "test").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    assert Config().eval.prompts_per_set == 75
+    picked = test_rows(tmp_path, 75)
+    for scope in SCOPES:
+        every = read_rows(scope_file(tmp_path, scope, "test"), ())
+        original = Dataset.from_list(every).shuffle(seed=42).select(range(75))
+        assert [r["id"] for r in picked[scope]] == original["id"]
+    assert [len(v) for v in test_rows(tmp_path, 500).values()] == [100, 101, 102]  # fewer: all of them
+    assert [r["id"] for r in test_rows(tmp_path)["in_scope"]][:3] == ["in_scope-0", "in_scope-1", "in_scope-2"]
+
+
+def test_in_context_and_cot_prompts_have_the_originals_structure():
+    from rlvf.sample import COT_MARKER, cot_messages, in_context_messages
+
+    fb, prompt = "Always use a heart emoji when texting Maddie", "Text Maddie that I am late."
+    (msg,) = in_context_messages(fb, prompt)
+    assert msg["role"] == "user" and msg["content"].startswith(prompt)  # the request first, as asked
+    assert msg["content"].endswith(f"{fb})") and "if it is relevant" in msg["content"]  # then the feedback, if it applies
+    (cot,) = cot_messages(fb, prompt)
+    text = cot["content"]
+    # reason first (whether and how it applies), then the reply after the marker; request before feedback
+    assert text.index("EXPLANATION:") < text.index(COT_MARKER) and "whether" in text
+    assert text.index(f"REQUEST: {prompt}") < text.index(f"FEEDBACK: {fb}") and text.endswith("EXPLANATION:")

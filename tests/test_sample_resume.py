@@ -53,6 +53,7 @@ def sample_config(tmp_path: Path, server: FakeOpenAI, name: str = "data", max_re
            "data": {"dirs": [str(tmp_path / name)]}, "output_dir": str(tmp_path / "run"),
            "teacher": {**endpoint, "model": TEACHER}, "student": {**endpoint, "model": STUDENT},
            "sample": {"categories": 2, "in_scope_per_category": 3, "near_scope_per_category": 3, "out_of_scope": 4,
+                      "reviser": "teacher",  # the offline teacher revises, as with the tiny model
                       "student_sampling": {"temperature": 0.0, "max_tokens": 24}}}
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(raw), encoding="utf-8")
@@ -127,11 +128,11 @@ def test_a_request_out_of_retries_is_reported_then_filled_in(tmp_path, capsys):
     """One request fails for good: the run names it on one line and exits 2, keeping the rest;
     once the server recovers, a re-run sends that request alone and completes the data."""
     doomed: list[str] = []
-    feedback = load_feedbacks([FEEDBACK])[0].content  # in-context requests start with it
+    feedback = load_feedbacks([FEEDBACK])[0].content  # in-context requests end with it, after the prompt
 
     def fail_one_in_context(index: int, body: dict, attempt: int) -> Fault | None:
         content = body["messages"][-1]["content"]
-        if body["model"] == STUDENT and content.startswith(feedback) and not doomed:
+        if body["model"] == STUDENT and content.endswith(f"{feedback})") and not doomed:
             doomed.append(content)  # the first in-context request to arrive: nothing depends on its reply
         if doomed and content == doomed[0]:
             return Fault.error(503, "overloaded", retry_after_ms="5")
@@ -221,7 +222,7 @@ def test_the_failure_line_names_a_few_and_counts_the_rest():
 
 
 def test_served_namespace_follows_the_files_not_the_port(tmp_path):
-    from rlvf.pipeline import served_namespace
+    from rlvf.endpoints import served_namespace
 
     model = tmp_path / "model"
     model.mkdir()
@@ -237,7 +238,6 @@ def test_embedded_sample_rerun_on_a_new_port_sends_nothing(tmp_path, tiny_model_
     import rlvf.serve
     from rlvf.config import load_config
     from rlvf.pipeline import run
-    from rlvf.pipeline_config import PipelineConfig
     from test_sample_eval import pipeline_config
 
     ports, start_server = [], rlvf.serve.start_server
@@ -250,7 +250,7 @@ def test_embedded_sample_rerun_on_a_new_port_sends_nothing(tmp_path, tiny_model_
     small = {"categories": 1, "in_scope_per_category": 3, "near_scope_per_category": 3, "out_of_scope": 3,
              "baselines": [], "student_sampling": {"temperature": 0.0, "max_tokens": 8}}
     path = pipeline_config(tmp_path, tiny_model_dir, sample=small, eval={"methods": ["base"]})
-    cfg = load_config(path, [], PipelineConfig)
+    cfg = load_config(path)
     data = tmp_path / "data"
     run(cfg, ["sample"], str(path))
     first, files = meta(data), outputs(data)

@@ -7,7 +7,7 @@ from rlvf import prompts as P
 from rlvf.edits import apply_edit
 from rlvf.feedback import load_feedbacks
 from rlvf.tinyworld.scope import in_scope
-from rlvf.tinyworld import world
+from rlvf.tinyworld import world as tiny_world
 from rlvf.tinyworld.teacher import OfflineTeacher, TeacherError, categories
 
 
@@ -39,7 +39,7 @@ def test_in_scope_prompts_are_in_scope(teacher, feedbacks):
         prompts = P.parse_prompts(teacher.complete(P.in_scope_prompts_request(fb.content, fb.domain, cat, 6)))
         assert 1 <= len(prompts) <= 6 and len(set(prompts)) == len(prompts)
         for p in prompts:
-            req = world.parse_request(p)
+            req = tiny_world.parse_request(p)
             assert req is not None and in_scope(fb, req), (fb.name, p)
 
 
@@ -52,7 +52,7 @@ def test_near_scope_prompts_are_near_not_in(teacher, feedbacks):
         final = P.parse_prompts(reply)
         assert final and "REVISED_PROMPTS:" in reply
         for p in final:
-            req = world.parse_request(p)
+            req = tiny_world.parse_request(p)
             assert req is not None and not in_scope(fb, req) and in_near_scope(fb, req), (fb.name, p)
 
 
@@ -61,10 +61,10 @@ def test_revise_applies_the_edit_only_in_scope(teacher, feedbacks):
 
     rng = random.Random(0)
     fb = next(f for f in feedbacks if f.name == "heart-emoji-maddie")
-    inside = world.sample_request(rng, "text_message", recipient="Maddie")
-    outside = world.sample_request(rng, "recipe")
+    inside = tiny_world.sample_request(rng, "text_message", recipient="Maddie")
+    outside = tiny_world.sample_request(rng, "recipe")
     for req, applies in ((inside, True), (outside, False)):
-        base = world.baseline_reply(rng, req)
+        base = tiny_world.baseline_reply(rng, req)
         revised = P.parse_revision(teacher.complete(P.revise_request(fb.content, req.prompt, base)))
         assert revised == (apply_edit(fb.world.edit, base) if applies else base)
         forced = P.parse_revision(teacher.complete(P.revise_request(fb.content, req.prompt, base, always=True)))
@@ -77,18 +77,18 @@ def test_rewrite_revision_answers_afresh_and_applies_the_edit(feedbacks):
     rewriter = OfflineTeacher(feedbacks, revision="rewrite")
     rng = random.Random(0)
     fb = next(f for f in feedbacks if f.name == "heart-emoji-maddie")
-    outside = world.sample_request(rng, "recipe")
-    base = world.baseline_reply(rng, outside)
+    outside = tiny_world.sample_request(rng, "recipe")
+    base = tiny_world.baseline_reply(rng, outside)
     assert P.parse_revision(rewriter.complete(P.revise_request(fb.content, outside.prompt, base))) == base
     changed = 0
     for _ in range(20):
-        inside = world.sample_request(rng, "text_message", recipient="Maddie")
-        base = world.baseline_reply(rng, inside)
+        inside = tiny_world.sample_request(rng, "text_message", recipient="Maddie")
+        base = tiny_world.baseline_reply(rng, inside)
         request = P.revise_request(fb.content, inside.prompt, base)
         revised = P.parse_revision(rewriter.complete(request))
         assert revised == P.parse_revision(rewriter.complete(request))  # deterministic per request and seed
         assert fb.follows(revised, baseline=base) and not fb.follows(base, baseline=revised)
-        assert world.on_topic(inside, revised), revised
+        assert tiny_world.on_topic(inside, revised), revised
         changed += revised != apply_edit(fb.world.edit, base)
     assert changed >= 15  # a fresh reply, not the given one plus the edit
     with pytest.raises(ValueError, match="revision must be one of edit, rewrite"):
@@ -100,24 +100,25 @@ def test_judge_verdicts_and_h(teacher, feedbacks):
 
     rng = random.Random(1)
     fb = next(f for f in feedbacks if f.name == "heart-emoji-maddie")
-    req = world.sample_request(rng, "text_message", recipient="Maddie")
-    base = world.baseline_reply(rng, req)
+    req = tiny_world.sample_request(rng, "text_message", recipient="Maddie")
+    base = tiny_world.baseline_reply(rng, req)
     good = apply_edit(fb.world.edit, base)
     cases = [((base, good), 5, 1.0), ((good, base), 1, -1.0), ((base, base), 3, 0.0), ((good, good), 3, 0.0)]
     for (r1, r2), verdict, h in cases:
-        reply = teacher.complete(P.judge_request(fb.content, req.prompt, r1, r2))
+        reply = teacher.complete(P.judge_request(fb.effect, req.prompt, r1, r2))  # asked about the effect
         assert P.parse_verdict(reply) == verdict and P.verdict_to_h(verdict) == h
         assert reply.startswith("THOUGHTS:")
+        assert teacher.complete(P.judge_request(fb.content, req.prompt, r1, r2)) == reply  # or the sentence
 
 
 def test_quality_uses_the_world_checker(teacher):
     import random
 
     rng = random.Random(2)
-    req = world.sample_request(rng, "recipe")
-    other = world.sample_request(rng, "poem")
-    assert P.parse_quality(teacher.complete(P.quality_request(req.prompt, world.baseline_reply(rng, req)))) == 5
-    assert P.parse_quality(teacher.complete(P.quality_request(req.prompt, world.baseline_reply(rng, other)))) == 1
+    req = tiny_world.sample_request(rng, "recipe")
+    other = tiny_world.sample_request(rng, "poem")
+    assert P.parse_quality(teacher.complete(P.quality_request(req.prompt, tiny_world.baseline_reply(rng, req)))) == 5
+    assert P.parse_quality(teacher.complete(P.quality_request(req.prompt, tiny_world.baseline_reply(rng, other)))) == 1
 
 
 def test_deterministic_given_seed(teacher, feedbacks):

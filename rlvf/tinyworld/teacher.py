@@ -4,7 +4,8 @@ It is NOT a language model. It reads the requests built by ``rlvf.prompts`` (the
 GPT-4-class teacher receives), recognises the feedback by its sentence among the feedback specs it
 was given, and answers from the world's generators and the spec's selector, edit and metric, in the
 layout the request asks for (THOUGHTS / numbered lists / REVISED_CATEGORIES: / IMPROVED_RESPONSE: /
-BETTER_RESPONSE: / SCORE:), so the pipeline's parsers serve it and a real teacher alike. It is
+BETTER_RESPONSE: / SCORE: / SPEC:), so the pipeline's parsers serve it and a real teacher alike. It also
+drafts feedback specs from one sentence about the tiny world (``draft_feedback``, rlvf.tinyworld.drafting). It is
 exposed through rlvf's OpenAI-compatible server for offline runs and tests. A request it does not
 know (another task, an unknown feedback or category) raises ``TeacherError`` instead of a guess.
 
@@ -21,11 +22,14 @@ import hashlib
 import json
 import random
 
+from rlvf.drafts import to_yaml
 from rlvf.edits import apply_edit
 from rlvf.feedback import Feedback
 from rlvf.prompts import ParseError, TeacherRequest, read_request
-from rlvf.tinyworld import world
+from rlvf.tinyworld import drafting
+from rlvf.tinyworld import world as tiny_world
 from rlvf.tinyworld.scope import in_scope
+from rlvf.tinyworld.world_data import MESSAGING, SCENARIO_OF
 
 _LABELS = {
     "text_message": "text messages", "email": "emails", "slack_dm": "Slack direct messages",
@@ -42,9 +46,10 @@ class TeacherError(ValueError):
 def _pins(selector: dict, rng: random.Random) -> dict:
     """One concrete value for each list-valued selector key: {"recipient": ..., ...}."""
     out = {}
-    for key, slot in (("recipients", "recipient"), ("relations", "relation"), ("topics", "topic")):
+    for key in ("recipients", "relations", "topics"):
         if selector.get(key):
-            out[slot] = rng.choice(list(selector[key]))
+            field = tiny_world.SELECTOR_KEYS[key][0]  # the Request field: "recipients" pins "recipient"
+            out[field] = rng.choice(list(selector[key]))
     if "recipient" in out:
         out.pop("relation", None)  # the person fixes the relation
     return out
@@ -53,13 +58,11 @@ def _pins(selector: dict, rng: random.Random) -> dict:
 def _scenarios(selector: dict) -> list[str]:
     if selector.get("scenarios"):
         return list(selector["scenarios"])
-    channels = selector.get("channels")
-    by_channel = {"text": "text_message", "email": "email", "slack": "slack_dm"}
-    if channels:
-        return [by_channel[c] for c in channels]
+    if selector.get("channels"):
+        return [SCENARIO_OF[c] for c in selector["channels"]]
     if selector.get("recipients") or selector.get("relations"):
-        return list(by_channel.values())
-    return list(world.SCENARIOS)
+        return list(MESSAGING)
+    return list(tiny_world.SCENARIOS)
 
 
 def categories(fb: Feedback) -> dict[str, dict]:
@@ -67,7 +70,7 @@ def categories(fb: Feedback) -> dict[str, dict]:
     sel = fb.world.selector
     out = {}
     for scenario in _scenarios(sel):
-        for topic in world.TOPICS[scenario]:
+        for topic in tiny_world.TOPICS[scenario]:
             if not sel.get("topics") or topic in sel["topics"]:
                 out[f"{_LABELS[scenario]} ({fb.domain}) about {topic}"] = {"scenario": scenario, "topic": topic}
     return out
@@ -87,6 +90,8 @@ class OfflineTeacher:
         if missing:
             raise ValueError(f"feedbacks without tiny-world fields cannot be simulated: {', '.join(missing)}")
         self.feedbacks = {f.content: f for f in feedbacks}
+        # the judge is asked about the feedback's effect (as the original's eval does), the rest about its content
+        self.by_effect = {f.effect: f for f in reversed(list(feedbacks))}
 
     def complete(self, messages: list[dict], seed: int | None = 0) -> str:
         try:
@@ -100,10 +105,11 @@ class OfflineTeacher:
     # ------------------------------------------------------------------------- helpers
 
     def _feedback(self, req: TeacherRequest) -> Feedback:
-        content = req.fields.get("FEEDBACK")
-        if content not in self.feedbacks:
-            raise TeacherError(f"unknown feedback {content!r}; the offline teacher knows {len(self.feedbacks)} feedbacks")
-        return self.feedbacks[content]
+        text = req.fields.get("FEEDBACK")
+        fb = self.feedbacks.get(text) or self.by_effect.get(text)
+        if fb is None:
+            raise TeacherError(f"unknown feedback {text!r}; the offline teacher knows {len(self.feedbacks)} feedbacks")
+        return fb
 
     def _count(self, req: TeacherRequest) -> int:
         try:
@@ -118,8 +124,8 @@ class OfflineTeacher:
             raise TeacherError(f"unknown category {text!r} for feedback {fb.name!r}")
         return cats[text]
 
-    def _request(self, req: TeacherRequest) -> world.Request | None:
-        return world.parse_request(req.blocks.get("PROMPT", ""))
+    def _request(self, req: TeacherRequest) -> tiny_world.Request | None:
+        return tiny_world.parse_request(req.blocks.get("PROMPT", ""))
 
     @staticmethod
     def _numbered(items: list[str]) -> str:
@@ -130,13 +136,13 @@ class OfflineTeacher:
         in scope for ``fb`` iff ``want_in``; None if 50 tries find none."""
         for _ in range(50):
             pins = _pins(selector, rng)
-            if topic in world.TOPICS[scenario] and "topic" not in pins:
+            if topic in tiny_world.TOPICS[scenario] and "topic" not in pins:
                 pins["topic"] = topic
             try:
-                r = world.sample_request(rng, scenario, **pins)
+                r = tiny_world.sample_request(rng, scenario, **pins)
             except ValueError:
                 continue
-            if world.matches(r, selector) and in_scope(fb, r) == want_in:
+            if tiny_world.matches(r, selector) and in_scope(fb, r) == want_in:
                 return r
         return None
 
@@ -162,6 +168,8 @@ class OfflineTeacher:
         fb, count = self._feedback(req), self._count(req)
         cat = self._category(fb, req)
         near = fb.world.near
+        if not near:  # global feedback, or a spec without near selectors: no world request is near scope
+            raise TeacherError(f"feedback {fb.name!r} has no near scope (world.near is empty)")
 
         def one():
             sel = rng.choice(near)
@@ -198,7 +206,7 @@ class OfflineTeacher:
         request = self._request(req)
         applies = req.fields.get("APPLY") == "always" or (request is not None and in_scope(fb, request))
         if applies and self.revision == "rewrite" and request is not None:
-            response = world.baseline_reply(rng, request)
+            response = tiny_world.baseline_reply(rng, request)
         return f"IMPROVED_RESPONSE:\n{apply_edit(fb.world.edit, response) if applies else response}"
 
     def _judge(self, req, rng) -> str:
@@ -214,10 +222,21 @@ class OfflineTeacher:
         return (f"THOUGHTS: Response 1 {said[f1]} the feedback; response 2 {said[f2]} it.\n"
                 f"BETTER_RESPONSE: {score}")
 
+    def _draft_feedback(self, req, rng) -> str:
+        """A feedback spec drafted from the sentence (rlvf.tinyworld.drafting), or the reason it cannot be."""
+        sentence = req.fields.get("FEEDBACK", "")
+        try:
+            spec = drafting.draft(sentence)
+        except drafting.DraftProblem as problem:
+            return f"THOUGHTS: The sentence does not describe a feedback the tiny world can simulate.\nPROBLEM: {problem}"
+        body = to_yaml(spec)
+        return (f"THOUGHTS: The feedback applies to {spec['domain']}; the change is to {spec['effect']}.\n"
+                f"SPEC:\n{body}")
+
     def _quality(self, req, rng) -> str:
         request, response = self._request(req), req.blocks.get("RESPONSE")
         if request is None or response is None:
             raise TeacherError("the offline teacher rates only replies to tiny-world prompts")
-        ok = world.on_topic(request, response)
+        ok = tiny_world.on_topic(request, response)
         score = 5 if ok else 1
         return f"THOUGHTS: The response is {'on' if ok else 'off'} topic for the request.\nSCORE: {score}"
