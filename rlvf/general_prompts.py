@@ -34,11 +34,9 @@ pass as a local source on a machine without network).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import functools
 import json
-import logging
 import random
 import re
 import sys
@@ -50,6 +48,7 @@ from urllib.parse import unquote
 import numpy as np
 
 from rlvf.errors import UserError, exit_on_user_error
+from rlvf.hub_models import quiet_hub
 
 if TYPE_CHECKING:
     from rlvf.feedback import Feedback
@@ -277,14 +276,8 @@ def _read_json_lines(path: Path, want: set[str], where: str):
             except RecursionError:
                 rows.append((at, "not valid JSON (nested too deeply)"))
                 continue
-            if not isinstance(row, dict):
-                rows.append((at, f"expected a JSON object, got {type(row).__name__}"))
-                continue
-            keys.update(row)
-            rows.append((at, {k: row[k] for k in want if k in row}))
-    if not rows:
-        raise UserError(f"{KEY}: {where}: no rows")
-    return keys, rows
+            _add_object(rows, keys, at, row, want)
+    return _checked(keys, rows, where)
 
 
 def _read_json_array(f, want: set[str], where: str):
@@ -294,12 +287,20 @@ def _read_json_array(f, want: set[str], where: str):
         raise UserError(f"{KEY}: {where}: not a valid JSON array of objects ({err})") from None
     keys, rows = set(), []
     for i, row in enumerate(items, 1):
-        at = f"{where} item {i}"
-        if not isinstance(row, dict):
-            rows.append((at, f"expected a JSON object, got {type(row).__name__}"))
-            continue
-        keys.update(row)
-        rows.append((at, {k: row[k] for k in want if k in row}))
+        _add_object(rows, keys, f"{where} item {i}", row, want)
+    return _checked(keys, rows, where)
+
+
+def _add_object(rows: list, keys: set, at: str, row, want: set[str]) -> None:
+    """One JSON value of a source: its wanted fields, or the reason it is not a row."""
+    if not isinstance(row, dict):
+        rows.append((at, f"expected a JSON object, got {type(row).__name__}"))
+        return
+    keys.update(row)
+    rows.append((at, {k: row[k] for k in want if k in row}))
+
+
+def _checked(keys: set, rows: list, where: str):
     if not rows:
         raise UserError(f"{KEY}: {where}: no rows")
     return keys, rows
@@ -395,7 +396,7 @@ def download(source: str, repo_id: str, revision: str | None, filename: str) -> 
     from huggingface_hub import errors as hub
 
     try:
-        with _quiet_hub():
+        with quiet_hub():
             return Path(hf_hub_download(repo_id, filename, repo_type="dataset", revision=revision))
     except hub.LocalEntryNotFoundError:  # offline, or no connection, and not in the cache
         raise UserError(f"{KEY}: {source}: cannot reach the Hub; pass a local file (the file is not in the "
@@ -414,18 +415,6 @@ def download(source: str, repo_id: str, revision: str | None, filename: str) -> 
         raise UserError(f"{KEY}: {source}: {err}") from None
     except hub.HfHubHTTPError as err:
         raise UserError(f"{KEY}: {source}: the Hub answered {err}") from None
-
-
-@contextlib.contextmanager
-def _quiet_hub():
-    """huggingface_hub logs a warning per retry on a dead network; the failure itself is our one line."""
-    logger = logging.getLogger("huggingface_hub")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 # ----------------------------------------------------------------------------- command line

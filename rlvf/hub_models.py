@@ -118,7 +118,7 @@ def _snapshot(repo_id: str, revision: str | None, patterns: list[str], required:
     at = f" at revision {asked!r}" if asked else ""
     if revision and _COMMIT.fullmatch(revision):
         try:
-            with _quiet_hub():
+            with quiet_hub():
                 cached = Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns,
                                                 local_files_only=True))
             if all((cached / name).is_file() for name in required):
@@ -126,7 +126,7 @@ def _snapshot(repo_id: str, revision: str | None, patterns: list[str], required:
         except hub.LocalEntryNotFoundError:
             pass  # not (completely) cached: download below
     try:
-        with _quiet_hub():
+        with quiet_hub():
             return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
     except hub.IncompleteSnapshotError as err:
         raise UserError(f"{key}: the Hugging Face cache holds an incomplete snapshot of {repo_id}{at} and the Hub "
@@ -177,9 +177,9 @@ def _first_sentence(err: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def _quiet_hub():
-    """huggingface_hub logs a warning per retry on a dead network and shows progress bars; the
-    failure itself is our one line."""
+def quiet_hub():
+    """huggingface_hub logs a warning per retry on a dead network; the failure itself is our one line
+    (shared by model downloads here and general-prompt files, rlvf/general_prompts.py)."""
     logger = logging.getLogger("huggingface_hub")
     level = logger.level
     logger.setLevel(logging.ERROR)

@@ -18,6 +18,7 @@ from rlvf.errors import UserError
 from rlvf.lora import inject_lora, lora_modules
 from rlvf.lora_targets import select_linear_modules
 from rlvf.peft_format import load_adapter, save_adapter
+from lora_helpers import randomize_lora_B
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 PREFIX = "base_model.model."
@@ -34,14 +35,6 @@ def _fresh(model_dir):
 def _logits(model) -> torch.Tensor:
     g = torch.Generator().manual_seed(123)
     return model(torch.randint(0, model.config.vocab_size, (2, 9), generator=g)).logits  # (B, T, V)
-
-
-@torch.no_grad()
-def _randomize_lora_B(model, seed: int = 0) -> None:
-    g = torch.Generator().manual_seed(seed)
-    for name, p in model.named_parameters():
-        if "lora_B" in name:
-            p.copy_(0.1 * torch.randn(p.shape, generator=g))
 
 
 def _peft_wrapped(peft_model) -> list[str]:
@@ -93,7 +86,7 @@ def test_peft_saved_adapter_wraps_the_same_modules_and_computes_the_same_logits(
 
     fields = {"r": 4, "lora_alpha": 8, **PEFT_CONFIGS[case]}
     peft_model = get_peft_model(_fresh(tiny_model_dir), LoraConfig(task_type="CAUSAL_LM", **fields))
-    _randomize_lora_B(peft_model)
+    randomize_lora_B(peft_model)
     peft_model.eval()
     expected, wrapped = _logits(peft_model), _peft_wrapped(peft_model)
     peft_model.save_pretrained(tmp_path / "peft")
@@ -120,7 +113,7 @@ def test_selection_is_peft_selection(tiny_model_dir, case):
 def _rlvf_adapter(tiny_model_dir, out, **inject):
     model = _fresh(tiny_model_dir)
     inject_lora(model, seed=0, dropout=0.0, **{"r": 2, "alpha": 4, **inject})
-    _randomize_lora_B(model)
+    randomize_lora_B(model)
     return save_adapter(model, out)
 
 
@@ -231,7 +224,7 @@ def test_mix_keeps_a_narrowed_selection_exact(tiny_model_dir, tmp_path):
 
     config = LoraConfig(task_type="CAUSAL_LM", r=2, lora_alpha=4, target_modules=["q_proj"], layers_to_transform=[0])
     peft_model = get_peft_model(_fresh(tiny_model_dir), config)
-    _randomize_lora_B(peft_model)
+    randomize_lora_B(peft_model)
     peft_model.save_pretrained(tmp_path / "layer0")
     other = _rlvf_adapter(tiny_model_dir, tmp_path / "v", target_modules=["v_proj"])
     mixed = mix_adapters([(tmp_path / "layer0", 0.5), (other, 1.0)], tmp_path / "mix")

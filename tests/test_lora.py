@@ -31,6 +31,7 @@ from rlvf.lora import (
     unmerge_adapters,
 )
 from rlvf.peft_format import export_merged, load_adapter, mix_adapters, save_adapter
+from lora_helpers import randomize_lora_B
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 PREFIX = "base_model.model."
@@ -56,15 +57,6 @@ def _logits(model) -> torch.Tensor:
     return model(_input_ids(model)).logits  # (B, T, V)
 
 
-@torch.no_grad()
-def _randomize_lora_B(model, seed: int = 0) -> None:
-    """Fresh adapters have B = 0 (ΔW = 0), which would hide every scaling or layout bug."""
-    g = torch.Generator().manual_seed(seed)
-    for name, p in model.named_parameters():
-        if "lora_B" in name:
-            p.copy_(0.1 * torch.randn(p.shape, generator=g))
-
-
 def _peft_logits(model_dir, adapter_dir) -> torch.Tensor:
     from peft import PeftModel
 
@@ -80,7 +72,7 @@ def _adapter(tiny_model_dir, out_dir, seed=0, **inject_kwargs):
     """Save an adapter with random nonzero B; return (its dir, its lora_state_dict)."""
     model = _fresh(tiny_model_dir)
     inject_lora(model, seed=seed, **inject_kwargs)
-    _randomize_lora_B(model, seed)
+    randomize_lora_B(model, seed)
     return save_adapter(model, out_dir), {k: v.clone() for k, v in lora_state_dict(model).items()}
 
 
@@ -238,7 +230,7 @@ def test_lora_dropout_saves_no_copy_of_the_input():
 def test_disable_adapters_gives_the_base_model_exactly(tiny_model, tiny_model_dir):
     base_logits = _logits(_fresh(tiny_model_dir))
     inject_lora(tiny_model, r=4, alpha=8)
-    _randomize_lora_B(tiny_model)
+    randomize_lora_B(tiny_model)
     adapted = _logits(tiny_model)
     assert not torch.allclose(adapted, base_logits)
     with disable_adapters(tiny_model):
@@ -332,7 +324,7 @@ def test_inject_seed_is_deterministic_and_leaves_global_rng(tiny_model_dir):
 def test_saved_adapter_loads_in_peft(tiny_model_dir, tmp_path, inject_kwargs, target_modules):
     model = _fresh(tiny_model_dir)
     inject_lora(model, seed=0, **inject_kwargs)
-    _randomize_lora_B(model)
+    randomize_lora_B(model)
     out = save_adapter(model, tmp_path / "adapter", base_model_name_or_path="tiny/base")
 
     config = json.loads((out / CONFIG).read_text())
@@ -394,7 +386,7 @@ def test_peft_saved_adapter_loads_here(tiny_model_dir, tmp_path, lora_config):
 
     peft_config = LoraConfig(task_type="CAUSAL_LM", **lora_config)
     peft_model = get_peft_model(_fresh(tiny_model_dir), peft_config)
-    _randomize_lora_B(peft_model)
+    randomize_lora_B(peft_model)
     expected = _logits(peft_model.eval())
     peft_model.save_pretrained(tmp_path / "peft")
 
@@ -590,7 +582,7 @@ def test_export_merged(tiny_model_dir, tmp_path):
 
     model = _fresh(tiny_model_dir)
     inject_lora(model, r=4, alpha=8, seed=0)
-    _randomize_lora_B(model)
+    randomize_lora_B(model)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     expected = _logits(model)
 
@@ -618,7 +610,7 @@ def test_local_base_model_is_saved_as_an_absolute_path(tiny_model_dir, tmp_path,
     monkeypatch.chdir(tiny_model_dir.parent)
     model = _fresh(tiny_model_dir.name)  # loaded by a relative path, as a config's model.path may be
     inject_lora(model, target_modules=QV, r=2, alpha=4, seed=0)
-    _randomize_lora_B(model)
+    randomize_lora_B(model)
     expected = _logits(model)
     out = save_adapter(model, tmp_path / "adapter")
     hub = save_adapter(model, tmp_path / "hub", base_model_name_or_path="tiny-org/tiny-llama")

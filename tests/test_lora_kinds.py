@@ -32,6 +32,7 @@ from rlvf.lora import (LoRALinear, describe_adapters, disable_adapters, inject_l
                        lora_state_dict, merge_adapters, unmerge_adapters)
 from rlvf.lora_param import LoRAParameter
 from rlvf.peft_format import export_merged, load_adapter, mix_adapters, save_adapter
+from lora_helpers import randomize_lora_B
 
 VOCAB = 96
 RTOL = 1e-5  # fp32, relative to the largest magnitude of the reference
@@ -104,20 +105,11 @@ def _assert_close(got: torch.Tensor, expected: torch.Tensor, rtol: float = RTOL)
     assert err <= rtol * expected.abs().max().item(), f"max abs error {err:.3g}, reference max {expected.abs().max():.3g}"
 
 
-@torch.no_grad()
-def _randomize_lora_B(model, seed: int = 0) -> None:
-    """Fresh adapters have B = 0 (ΔW = 0), which would hide every layout or scaling bug."""
-    g = torch.Generator().manual_seed(seed)
-    for name, p in model.named_parameters():
-        if "lora_B" in name:
-            p.copy_(0.1 * torch.randn(p.shape, generator=g))
-
-
 def _adapted(arch: str, build: dict | None = None, **inject):
     model = _build(arch, **(build or {}))
     inject_lora(model, **{"target_modules": "all-linear", "exclude_modules": (), "r": 4, "alpha": 8,
                           "dropout": 0.05, "seed": 0, **inject})
-    _randomize_lora_B(model)
+    randomize_lora_B(model)
     return model
 
 
@@ -201,7 +193,7 @@ def test_peft_saved_moe_adapter_loads_here(arch, tmp_path):
     """PEFT's own all-linear adapter (gate_up_proj at rank 2r, α 2α for Mixtral/Qwen-MoE via rank_pattern
     and alpha_pattern, as its transformers-5 conversion sets them) gives the same logits in rlvf."""
     peft_model = _peft_all_linear(arch)
-    _randomize_lora_B(peft_model)
+    randomize_lora_B(peft_model)
     peft_model.save_pretrained(tmp_path / "peft")
     model = _build(arch)
     paths = load_adapter(model, tmp_path / "peft")
