@@ -28,6 +28,7 @@ from rlvf.kernels import IGNORE_INDEX
 
 # The data scopes, one file each per split (a feedback's own scope is rlvf.feedback.FEEDBACK_SCOPES).
 SCOPES = ("in_scope", "near_scope", "out_of_scope")
+META_NAME = "sample_meta.json"  # what rlvf.sample records beside the data: counts, usage, each run
 
 
 def scope_file(data_dir: str | Path, scope: str, split: str = "train") -> Path:
@@ -255,3 +256,19 @@ def split_validation(n: int, fraction: float, seed: int) -> tuple[list[int], lis
     perm = permutation(n, seed, stream=99, cycle=0)
     k = min(n - 1, max(1, math.floor(n * fraction)))
     return sorted(perm[k:]), sorted(perm[:k])
+
+def data_owner(data_dir: str | Path) -> str | None:
+    """The feedback whose data ``data_dir`` holds, by the name its sample_meta.json records for the
+    latest run (None: no data yet, or no readable record)."""
+    try:
+        meta = json.loads((Path(data_dir) / META_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict):
+        return None
+    runs = meta.get("runs") if isinstance(meta.get("runs"), list) else []
+    names = [r["feedback"] for r in runs if isinstance(r, dict) and isinstance(r.get("feedback"), str)]
+    if names:
+        return names[-1]
+    feedback = meta.get("feedback")  # written before runs were recorded
+    return feedback.get("name") if isinstance(feedback, dict) and isinstance(feedback.get("name"), str) else None

@@ -27,14 +27,13 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-import yaml
-
 from rlvf import prompts as P
 from rlvf.atomic import write_text_atomic
 from rlvf.client import ChatClient, ChatRequest
 from rlvf.edits import _REQUIRED
+from rlvf.data import data_owner
 from rlvf.errors import UserError
-from rlvf.feedback import FEEDBACK_DIR, Feedback, load_feedback
+from rlvf.feedback import FEEDBACK_DIR, Feedback, load_feedback, to_yaml
 from rlvf.feedback_metrics import METRICS
 from rlvf.typed import error
 
@@ -67,25 +66,6 @@ def draft_path(sentence: str, data_dir: str | Path) -> Path:
 
 
 # ----------------------------------------------------------------------------- YAML
-
-
-class _Dumper(yaml.SafeDumper):
-    """Block YAML for people to review: no &anchors, multi-line strings double-quoted with \\n."""
-
-    def ignore_aliases(self, data):
-        return True
-
-
-def _str(dumper, value: str):
-    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style='"' if "\n" in value else None)
-
-
-_Dumper.add_representer(str, _str)
-
-
-def to_yaml(data) -> str:
-    """``data`` as YAML: lists and mappings of scalars in flow style ({kind: regex, ...}), the rest in block style."""
-    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, default_flow_style=None, width=100)
 
 
 def metric_lines() -> list[str]:
@@ -290,8 +270,6 @@ def prepare_feedbacks(cfg, where="", stage: str = "sample", draft: bool = False,
 
 def _check_owner(data_dir: str, name: str, where, i: int) -> None:
     """Refuse to draft into a data directory holding another feedback's data (before any request)."""
-    from rlvf.sample import data_owner
-
     owner = data_owner(Path(data_dir))
     if owner is not None and owner != name:
         raise error(where, f"data.dirs[{i}]", f"{data_dir} holds the data of feedback {owner!r}; give the "

@@ -148,8 +148,12 @@ def evaluate_feedback(fb: Feedback, data_dir: str | Path, methods: dict[str, str
 
 def methods_doc(cfg: Config) -> dict[str, str]:
     """What ``adapter`` is in this run, for the report."""
+    reviser = ("the teacher's revisions (an upper bound of what training can copy)" if cfg.sample.reviser == "teacher"
+               else "the student's own revisions (sample.reviser student; out of scope they show how much the "
+                    "revision step itself changes)")
     return {"adapter": f"the LoRA adapter trained with method {cfg.method.name} ({cfg.output_dir}/adapter), "
-                       "served on the base model"}
+                       "served on the base model",
+            "revised": f"the revised responses written by rlvf.sample: {reviser}"}
 
 
 def caveats(cfg: Config) -> list[str]:
@@ -158,8 +162,8 @@ def caveats(cfg: Config) -> list[str]:
     if not prompted or not cfg.model.path or Path(cfg.model.path).resolve() != TINY_MODEL_DIR:
         return []
     return [f"{' and '.join(prompted)} prompt the shipped tiny-world model, which was never taught to follow "
-            "instructions: its replies ignore the added text, so these rows measure nothing about the "
-            "feedback. They are meaningful only with a real chat model."]
+            "instructions: whatever its replies to the longer prompts change is unrelated to the feedback, "
+            "so these rows measure nothing about it. They are meaningful only with a real chat model."]
 
 
 def run(cfg: Config, student_ep: EndpointConfig | None, teacher_ep: EndpointConfig | None,

@@ -25,7 +25,7 @@ mapped to (v − 3)/2 for qualitative feedback).
     S_in = mean h over in-scope prompts               (adherence where the feedback applies; higher is better)
     S_near = mean |h| over near-scope prompts         (unwanted change next to the scope; lower is better)
     S_general = mean |h| over general prompts         (unwanted change elsewhere; lower is better)
-    S_out = mean |h| over near-scope and general prompts together
+    S_out = (S_near + S_general) / 2                  (each set weighs the same, whatever its size)
     S_overall = (S_in + 1 − S_out) / 2                (0.5 is the untrained model)"""
 
 METHOD_DOC = {

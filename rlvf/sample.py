@@ -44,7 +44,7 @@ from rlvf import prompts as P
 from rlvf.atomic import write_text_atomic
 from rlvf.client import ChatClient, ChatFailure, ChatRequest, api_key
 from rlvf.config import Config, EndpointConfig, Sampling, check_stage, load_runs, samplings, sweep_for
-from rlvf.data import SCOPES, scope_file
+from rlvf.data import META_NAME, SCOPES, data_owner, scope_file
 from rlvf.drafts import prepare_feedbacks
 from rlvf.endpoints import local_endpoints, need
 from rlvf.errors import UserError, exit_on_user_error
@@ -53,7 +53,6 @@ from rlvf.general_prompts import general_prompts  # out-of-scope sources and dra
 from rlvf.typed import error
 
 COT_MARKER = "RESPONSE:"
-META_NAME = "sample_meta.json"
 TINY_MODEL_DIR = Path(__file__).resolve().parent / "tinyworld" / "model"  # the shipped model (rlvf.eval has it too)
 
 
@@ -418,13 +417,6 @@ def is_shipped_tiny_model(path: str | None) -> bool:
         return (here / "build_stats.json").read_bytes() == (TINY_MODEL_DIR / "build_stats.json").read_bytes()
     except OSError:
         return False
-
-
-def data_owner(data_dir: Path) -> str | None:
-    """The feedback whose data ``data_dir`` holds, from its sample_meta.json (None: no data yet)."""
-    runs = read_runs(data_dir / META_NAME)
-    names = [r.get("feedback") for r in runs if isinstance(r.get("feedback"), str)]
-    return names[-1] if names else None
 
 
 def main(argv: list[str] | None = None) -> None:

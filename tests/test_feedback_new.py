@@ -21,7 +21,8 @@ from rlvf.client import ChatClient
 from rlvf.config import EndpointConfig, Sampling, load_config
 from rlvf.edits import apply_edit
 from rlvf.errors import UserError
-from rlvf.feedback import FEEDBACK_DIR, load_feedback, load_feedbacks, main, pick_second, select_feedbacks
+from rlvf.feedback import FEEDBACK_DIR, load_feedback, load_feedbacks, pick_second, select_feedbacks
+from rlvf.feedback.__main__ import main
 from rlvf.serve import start_server
 from rlvf.tinyworld import world as tiny_world
 from rlvf.tinyworld.scope import in_near_scope, in_scope, world_slots

@@ -22,9 +22,8 @@ import hashlib
 import json
 import random
 
-from rlvf.drafts import to_yaml
 from rlvf.edits import apply_edit
-from rlvf.feedback import Feedback
+from rlvf.feedback import Feedback, to_yaml
 from rlvf.prompts import ParseError, TeacherRequest, read_request
 from rlvf.tinyworld import drafting
 from rlvf.tinyworld import world as tiny_world

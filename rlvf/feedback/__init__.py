@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import yaml
+
 from rlvf.edits import _REQUIRED, EDITS, apply_edit
 from rlvf.errors import UserError
 from rlvf.feedback_metrics import METRICS
@@ -301,7 +303,7 @@ class Feedback:
 
 _FEEDBACK_KEYS = ("content", "domain", "effect", "scope", "type", "metric", "categories", "world")
 _WORLD_KEYS = ("selector", "near", "edit")
-FEEDBACK_DIR = Path(__file__).parent / "tinyworld" / "feedbacks"
+FEEDBACK_DIR = Path(__file__).resolve().parent.parent / "tinyworld" / "feedbacks"
 """The feedbacks shipped with the tiny world."""
 
 
@@ -483,64 +485,23 @@ def select_pairs(feedbacks: list[Feedback], prefix=None, category=None, scope=No
     return keep
 
 
-# ----------------------------------------------------------------------------- command line
+# ----------------------------------------------------------------------------- writing specs
 
 
-def _list(args) -> None:
-    feedbacks = load_feedbacks(args.sources or FEEDBACK_DIR)
-    chosen = select_feedbacks(feedbacks, args.prefix, args.category, args.scope, args.type)
-    if not chosen:
-        raise UserError(f"no feedback matches {describe_selection(args.prefix, args.category, args.scope, args.type)} "
-                        f"among {len(feedbacks)} ({', '.join(fb.name for fb in feedbacks[:6])}"
-                        f"{', …' if len(feedbacks) > 6 else ''})")
-    second = pick_second(feedbacks, args.second_feedback, chosen) if args.second_feedback else None
-    for fb in chosen:
-        print(f"{fb.name}\t{fb.scope}\t{fb.type}\t{fb.content}\t{fb.source}")
-    if second is not None:
-        print(f"second: {second.name}\t{second.scope}\t{second.type}\t{second.content}\t{second.source}")
+class _Dumper(yaml.SafeDumper):
+    """Block YAML for people to review: no &anchors, multi-line strings double-quoted with \\n."""
+
+    def ignore_aliases(self, data):
+        return True
 
 
-def main(argv: list[str] | None = None) -> None:
-    import argparse
-    import sys
-
-    from rlvf.errors import exit_on_user_error
-
-    parser = argparse.ArgumentParser(prog="python -m rlvf.feedback", description="Feedback specs: draft one from a "
-                                     "sentence (new), or list and select feedbacks (list).")
-    sub = parser.add_subparsers(dest="command", required=True)
-    new = sub.add_parser("new", help="have the teacher draft a feedback YAML from one sentence, for you to review")
-    new.add_argument("sentence", help='the feedback, e.g. "Always use a heart emoji when texting my girlfriend Maddie"')
-    new.add_argument("--out", help="file to write (default: ./<first words of the sentence>.yaml)")
-    new.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    new.add_argument("--config", help="experiment YAML whose teacher (or serve.teacher) drafts it; default: the "
-                                      "offline tiny-world teacher, which knows only the tiny world")
-    new.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a config value (repeatable)")
-    ls = sub.add_parser("list", help="list feedbacks, selected as the original code's command line selects them")
-    ls.add_argument("sources", nargs="*", help="feedback files, directories or shipped names (default: the shipped ones)")
-    ls.add_argument("--prefix", help="the sentence or the file name starts with this")
-    ls.add_argument("--category", action="append", help="one of the feedback's categories (repeatable: any)")
-    ls.add_argument("--scope", action="append", choices=FEEDBACK_SCOPES, help="repeatable: any")
-    ls.add_argument("--type", action="append", choices=FEEDBACK_TYPES, help="repeatable: any")
-    ls.add_argument("--second-feedback", metavar="PREFIX", help="also pick exactly one second feedback by name "
-                                                                "or prefix (combined training, mixed adapters)")
-    args = parser.parse_args(argv)
-    with exit_on_user_error():
-        if args.command == "list":
-            _list(args)
-            return
-        from rlvf import drafts
-        from rlvf.config import load_config
-
-        if args.overrides and not args.config:
-            raise UserError("--set needs --config")
-        cfg = load_config(args.config, args.overrides) if args.config else None
-        path = drafts.new(args.sentence, args.out, args.overwrite, cfg)
-        print(path.read_text(encoding="utf-8"), end="")
-        print(f"wrote {path}: review it, then name it as a config's feedback (or pass it to rlvf.serve --teacher)",
-              file=sys.stderr)
+def _str(dumper, value: str):
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style='"' if "\n" in value else None)
 
 
-if __name__ == "__main__":
-    main()
+_Dumper.add_representer(str, _str)
+
+
+def to_yaml(data) -> str:
+    """``data`` as YAML: lists and mappings of scalars in flow style ({kind: regex, ...}), the rest in block style."""
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, default_flow_style=None, width=100)
