@@ -13,13 +13,19 @@ renamed into place:
 A folder (an adapter, a merged model) is written whole into a temporary directory beside its target
 and swapped in (``write_dir_atomic``), keeping the user's other files if asked.
 
+Before a command writes anything, ``check_writable_dir`` (or ``writable_dir_problem``) tells whether
+each directory it will write can be made and written, so an output dir under /proc, a path under a
+file, a FIFO, a symbolic-link loop or a read-only directory stops it in one line naming the key.
+
 No torch import; safe to call from any thread (the umask is read without changing it where the
 platform allows, see ``umask``).
 """
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import stat
 import tempfile
 import uuid
 from pathlib import Path
@@ -28,7 +34,7 @@ from typing import Callable
 from rlvf.errors import UserError
 
 __all__ = ["umask", "default_mode", "honour_umask", "honour_umask_tree", "publish_file", "write_bytes_atomic",
-           "write_text_atomic", "write_dir_atomic"]
+           "write_text_atomic", "write_dir_atomic", "dir_problem", "writable_dir_problem", "check_writable_dir"]
 
 
 def umask() -> int:
@@ -164,3 +170,92 @@ def _swap_in(tmp: Path, out: Path) -> None:
         old.rename(out)  # put the previous folder back
         raise
     shutil.rmtree(old)
+
+
+# ----------------------------------------------------------------------------- can a directory be written?
+
+
+_KINDS = ((stat.S_ISREG, "a file"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def _kind(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "not a directory")
+
+
+def _stat_problem(path: Path, err: OSError) -> str:
+    if err.errno == errno.ELOOP:
+        return f"{path} {'is' if path.is_symlink() else 'passes through'} a symbolic link loop"
+    return f"{path} cannot be looked at ({err.strerror or err})"
+
+
+def dir_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot be, or become, a directory, found without writing anything; None if it can.
+
+    The path itself must be a directory or absent (not a file, FIFO, socket or device, not a
+    symbolic link that loops or points nowhere); when absent, its nearest existing ancestor must be
+    a directory.
+    """
+    p = Path(path)
+    try:
+        st = os.stat(p)
+    except OSError as err:
+        if err.errno == errno.ENOENT and p.is_symlink():
+            return f"{path} is a symbolic link to {os.readlink(p)}, which does not exist"
+        if err.errno not in (errno.ENOENT, errno.ENOTDIR):
+            return _stat_problem(p, err)
+    else:
+        if stat.S_ISDIR(st.st_mode):
+            return None
+        return f"{path} exists and is not a directory ({_kind(st.st_mode)})"
+    for parent in p.absolute().parents:  # the nearest existing ancestor must be a directory
+        try:
+            st = os.stat(parent)
+        except OSError as err:
+            if err.errno in (errno.ENOENT, errno.ENOTDIR):
+                continue
+            return f"{path} cannot be created: {_stat_problem(parent, err)}"
+        if stat.S_ISDIR(st.st_mode):
+            return None
+        return f"{path} cannot be created: {parent} is not a directory ({_kind(st.st_mode)})"
+    return None
+
+
+def _nearest_existing(p: Path) -> Path:
+    """``p`` or its nearest existing ancestor, named as ``p`` is (a relative path ends at '.')."""
+    return next((a for a in (p, *p.parents) if a.is_dir()), Path.cwd())
+
+
+def writable_dir_problem(path: str | Path) -> str | None:
+    """``dir_problem``, else why nothing can be written in (or created as) ``path``; None if it can.
+
+    Write permission is found out by trying, as the command itself would: a temporary file inside
+    ``path`` when it exists, else a temporary directory in its nearest existing ancestor. Either is
+    removed at once, so nothing is left behind. Trying is the only test that holds for every case:
+    ``os.access`` says yes to root on /proc (where mkdir fails with ENOENT) and on /sys (EPERM).
+    """
+    problem = dir_problem(path)
+    if problem:
+        return problem
+    p = Path(path)
+    where = _nearest_existing(p)
+    try:
+        if where == p:
+            fd, probe = tempfile.mkstemp(prefix=".rlvf-write-test-", dir=p)
+            os.close(fd)
+            os.unlink(probe)
+        else:
+            os.rmdir(tempfile.mkdtemp(prefix=".rlvf-write-test-", dir=where))
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        if where == p:
+            return f"{path} is not writable ({reason})"
+        return f"{path} cannot be created in {where} ({reason})"
+    return None
+
+
+def check_writable_dir(path: str | Path, key: str) -> None:
+    """UserError('<key>: <why>') when ``writable_dir_problem(path)`` finds one."""
+    problem = writable_dir_problem(path)
+    if problem:
+        raise UserError(f"{key}: {problem}")

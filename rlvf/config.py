@@ -37,6 +37,7 @@ from urllib.parse import urlparse
 
 import yaml
 
+from rlvf.atomic import dir_problem, writable_dir_problem
 from rlvf.errors import UserError
 from rlvf.hub_models import is_hub_id
 from rlvf.methods import KD_KEYS, METHODS, PER_METHOD_KEYS
@@ -78,6 +79,10 @@ class ModelConfig:
     """Weights dtype of the frozen base model. auto: bfloat16 on CUDA, float32 on CPU (bf16 matmul is slow on CPUs)."""
     attn_implementation: Union[Literal["sdpa", "eager", "flash_attention_2"], None] = None
     """Attention kernel passed to from_pretrained; null (default): transformers chooses for the model (sdpa where the architecture supports it, else eager, as for Gemma-2 and BLOOM)."""
+    chat_template: Union[str, None] = None
+    """A Jinja chat template file (as chat_template.jinja) used instead of the tokenizer's, for training, reference log-probs and the served student alike; null: the tokenizer's."""
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Extra variables for every rendering of the chat template (training rows and served prompts alike), e.g. {enable_thinking: false} for Qwen3; a key the template never reads is an error."""
     gradient_checkpointing: bool = True
     """Recompute decoder activations in backward: less memory, about a third more compute (the original's gradient_checkpointing: true; off pays for small models on CPUs)."""
 
@@ -503,14 +508,9 @@ class Config:
 
 
 def _dir_problem(path: str) -> str | None:
-    """Why ``path`` cannot be a directory that a stage reads or creates, or None."""
-    p = Path(path)
-    if p.exists() or p.is_symlink():
-        return None if p.is_dir() else f"{path} exists and is not a directory"
-    for parent in p.absolute().parents:  # the nearest existing ancestor must be a directory
-        if parent.exists():
-            return None if parent.is_dir() else f"{path} cannot be created: {parent} is not a directory"
-    return None
+    """Why ``path`` cannot be a directory that a stage reads or creates, or None (nothing is written;
+    whether a stage may write there is ``check_stage``'s question)."""
+    return dir_problem(path)
 
 
 def _inside(path: str, root: str) -> bool:
@@ -643,10 +643,10 @@ def expand_sweep(cfg: Config, where: str) -> list[tuple[str, Config]]:
 # What each stage reads (dotted prefixes); the pipeline reads them all.
 STAGE_READS = {
     "sample": ("feedback", "select", "teacher", "student", "serve", "sample", "data.dirs", "model.path",
-               "model.revision"),
+               "model.revision", "model.chat_template", "model.chat_template_kwargs"),
     "train": ("model", "data", "output_dir", "lora", "method", "train", "select"),
     "eval": ("feedback", "select", "teacher", "student", "serve", "sample", "eval", "data.dirs", "output_dir",
-             "model.path", "model.revision", "method.name"),
+             "model.path", "model.revision", "model.chat_template", "model.chat_template_kwargs", "method.name"),
 }
 STAGE_READS["pipeline"] = tuple(dict.fromkeys(k for keys in STAGE_READS.values() for k in keys))
 
@@ -744,6 +744,21 @@ def check_stage(cfg: Config, stage: str, where: Where) -> None:
             if getattr(cfg, role) is None and not getattr(cfg.serve, role):
                 raise error(where, role, f"no endpoint configured: give {role}: {{base_url, model}}, or "
                                          f"serve.{role}: true for rlvf's local server")
+    for key, path in _written_dirs(cfg, stage):  # last: it tries to write (and removes what it tried)
+        problem = writable_dir_problem(path)
+        if problem:
+            raise error(where, key, problem)
+
+
+def _written_dirs(cfg: Config, stage: str) -> list[tuple[str, str]]:
+    """(config key, directory) of every directory ``stage`` writes."""
+    if stage == "train":
+        return [("output_dir", cfg.output_dir)]
+    if stage == "sample":
+        return [(f"data.dirs[{i}]", d) for i, d in enumerate(cfg.data.dirs)]
+    if stage == "eval":
+        return [("eval.out_dir", cfg.eval.out_dir)] if cfg.eval.out_dir else [("output_dir", str(Path(cfg.output_dir) / "eval"))]
+    return []
 
 
 def describe_for(stage: str) -> str:

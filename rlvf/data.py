@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from rlvf import chat_template
 from rlvf.errors import UserError
 from rlvf.kernels import IGNORE_INDEX
 
@@ -130,11 +131,6 @@ def _parse_rows(path: Path, required: tuple[str, ...]) -> list[dict]:
 # ----------------------------------------------------------------------------- tokenization
 
 
-def check_chat_template(tokenizer, where: str) -> None:
-    if not getattr(tokenizer, "chat_template", None):
-        raise UserError(f"{where}: the tokenizer has no chat template (tokenizer_config.json / chat_template.jinja)")
-
-
 @dataclass
 class Encoded:
     """One tokenized (prompt, completion): labels are -100 on the prompt, token ids on the completion."""
@@ -147,32 +143,17 @@ class Encoded:
         return sum(1 for t in self.labels if t != IGNORE_INDEX)
 
 
-def _render(tokenizer, prompt: str, completion: str | None) -> list[int]:
-    messages = [{"role": "user", "content": prompt}]
-    if completion is not None:
-        messages.append({"role": "assistant", "content": completion})
-    text = tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=completion is None
-    )
-    # The rendered text already holds the template's BOS: adding special tokens again doubles it.
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
 def tokenize_conversation(tokenizer, prompt: str, completion: str) -> tuple[list[int], list[int]]:
-    """(prompt_ids, completion_ids) split at the end of the generation prompt.
+    """(prompt_ids, completion_ids): the inference prompt (the user turn rendered with
+    ``add_generation_prompt=True`` and the tokenizer's ``chat_template_kwargs``, token for token what
+    the server feeds the model) and the reply plus the template's end-of-turn.
 
-    The prompt is rendered with ``add_generation_prompt=True`` and the full conversation without;
-    the completion is what follows their longest common token prefix (normally the whole prompt),
-    so the labels are right for any template without model-specific strings.
+    Found by rendering, with no model-specific strings: rlvf.chat_template explains how templates
+    whose inference prompt differs from a rendered conversation (thinking templates) and tokenizers
+    whose merges cross the prompt/reply boundary are handled.
     """
-    prompt_ids = _render(tokenizer, prompt, None)
-    full_ids = _render(tokenizer, prompt, completion)
-    n = 0
-    for a, b in zip(prompt_ids, full_ids):
-        if a != b:
-            break
-        n += 1
-    return full_ids[:n], full_ids[n:]
+    p, c, _ = chat_template.split(tokenizer, prompt, completion)
+    return p, c
 
 
 def truncate(prompt_ids: list[int], completion_ids: list[int], max_length: int, max_prompt_length: int,
@@ -256,6 +237,7 @@ def split_validation(n: int, fraction: float, seed: int) -> tuple[list[int], lis
     perm = permutation(n, seed, stream=99, cycle=0)
     k = min(n - 1, max(1, math.floor(n * fraction)))
     return sorted(perm[k:]), sorted(perm[:k])
+
 
 def data_owner(data_dir: str | Path) -> str | None:
     """The feedback whose data ``data_dir`` holds, by the name its sample_meta.json records for the

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 from pathlib import Path
 
 from rlvf import __version__, hub_models, serve
@@ -56,7 +57,10 @@ def local_endpoints(cfg: Config, adapter: Path | None = None):
     model = hub_models.resolve(cfg.model.path, cfg.model.revision)[0] if s.student else None
     with serve.start_server(model=model, served_model_name=STUDENT_NAME,
                             lora_modules=adapters, teacher=feedbacks, teacher_name=TEACHER_NAME,
-                            teacher_revision=s.teacher_revision, max_batch_size=s.max_batch_size) as srv:
+                            teacher_revision=s.teacher_revision, max_batch_size=s.max_batch_size,
+                            model_key="model.path",  # errors name the config key, not --model
+                            chat_template=cfg.model.chat_template if s.student else None,
+                            chat_template_kwargs=cfg.model.chat_template_kwargs if s.student else None) as srv:
         def local(name: str, files: list, variant: str = "") -> EndpointConfig:
             return EndpointConfig(base_url=srv.base_url, model=name, api_key_env=None,
                                   cache_namespace=served_namespace(name, files) + variant)
@@ -64,7 +68,12 @@ def local_endpoints(cfg: Config, adapter: Path | None = None):
         # a rewriting teacher answers differently: its replies must never be served from an edit cache
         variant = "" if s.teacher_revision == "edit" else f" revision={s.teacher_revision}"
         teacher = local(TEACHER_NAME, feedbacks, variant) if s.teacher else cfg.teacher
-        student = local(STUDENT_NAME, [model, *(adapters or {}).values()]) if s.student else cfg.student
+        # the student's prompts depend on the chat template and its kwargs: a change is a cache miss
+        template = [cfg.model.chat_template] if cfg.model.chat_template else []
+        kwargs = f" chat_template_kwargs={json.dumps(cfg.model.chat_template_kwargs, sort_keys=True, default=str)}" \
+            if cfg.model.chat_template_kwargs else ""
+        student = (local(STUDENT_NAME, [model, *(adapters or {}).values(), *template], kwargs) if s.student
+                   else cfg.student)
         yield teacher, student
 
 

@@ -59,6 +59,7 @@ import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria, \
     StoppingCriteriaList
 
+from rlvf.errors import UserError
 from rlvf.protocol import ApiError, Choice, Completion, SamplingParams, cut_at_stop, stop_error
 
 CANCEL_POLL_S = 0.02  # how often a running batch asks whether its clients are still there
@@ -196,14 +197,21 @@ class HFBackend:
     """A base model loaded once, its adapters held as tensors, one ``generate`` per batch."""
 
     def __init__(self, model_dir: str | Path, name: str, adapters: dict[str, Path], device: str, dtype: str,
-                 revision: str | None = None):
+                 revision: str | None = None, key: str = "--model", chat_template: str | Path | None = None,
+                 chat_template_kwargs: dict | None = None):
+        """``key``: what errors about ``model_dir`` name, the option or config key that gave it;
+        ``chat_template`` (a Jinja file) and ``chat_template_kwargs`` as rlvf.modeling.load_tokenizer."""
         from rlvf import lora
         from rlvf.modeling import load_model, load_tokenizer, pick_device, pick_dtype
 
         self.name = name
         self.device = pick_device(device)
-        self.tokenizer = load_tokenizer(model_dir, key="--model", revision=revision)  # a dir or a Hub id
-        self.model = load_model(model_dir, pick_dtype(dtype, self.device), self.device, key="--model",
+        option = key.startswith("--")  # errors name --chat-template(-kwargs) or model.chat_template(_kwargs)
+        self.tokenizer = load_tokenizer(model_dir, key=key, revision=revision,  # a dir or a Hub id
+                                        chat_template=chat_template, chat_template_kwargs=chat_template_kwargs,
+                                        template_key="--chat-template" if option else "model.chat_template",
+                                        kwargs_key="--chat-template-kwargs" if option else "model.chat_template_kwargs")
+        self.model = load_model(model_dir, pick_dtype(dtype, self.device), self.device, key=key,
                                 revision=revision).eval()
         self.eos_ids = self._clean_generation_config()
         self.context = getattr(self.model.config, "max_position_embeddings", None)
@@ -240,15 +248,15 @@ class HFBackend:
         return [self.name, *self.adapters]
 
     def encode(self, messages: list[dict[str, str]]) -> list[int]:
-        """Prompt token ids via the chat template (its own BOS, so no special tokens added again)."""
-        import jinja2
+        """Prompt token ids via the chat template and its chat_template_kwargs, exactly as training
+        renders its prompts (rlvf.chat_template.prompt_ids; the template's own BOS, none added)."""
+        from rlvf.chat_template import prompt_ids
 
         with self._encoders.borrow() as tokenizer:
             try:
-                text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            except jinja2.TemplateError as err:
-                raise ApiError(400, f"the model's chat template rejected the messages: {err}", "messages") from None
-            return tokenizer(text, add_special_tokens=False)["input_ids"]
+                return prompt_ids(tokenizer, messages, source="the model's chat template")
+            except UserError as err:  # a template that raises on these messages (roles, order)
+                raise ApiError(400, str(err), "messages") from None
 
     def decode(self, ids: torch.Tensor) -> str:
         """Text of generated ids; for the batcher's worker thread (it owns this tokenizer copy)."""

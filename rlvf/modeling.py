@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from rlvf import cpu_threads
-from rlvf.data import check_chat_template
+from rlvf import chat_template as chat
 from rlvf.errors import UserError
 from rlvf.hub_models import HubModel, resolve
 
@@ -73,9 +73,13 @@ def locate_model(path: str | Path, key: str = "model.path",
     return path, hub
 
 
-def load_tokenizer(path: str | Path, key: str = "model.path", revision: str | None = None):
+def load_tokenizer(path: str | Path, key: str = "model.path", revision: str | None = None,
+                   chat_template: str | Path | None = None, chat_template_kwargs: dict | None = None,
+                   template_key: str = "model.chat_template", kwargs_key: str = "model.chat_template_kwargs"):
     """The model's tokenizer (``path``: a local directory or a Hub id, see ``check_model_dir``),
-    with a chat template and a pad token."""
+    with a pad token and a checked chat template: ``chat_template`` (a Jinja file) replaces the
+    tokenizer's, ``chat_template_kwargs`` go to every rendering (rlvf.chat_template.configure; its
+    ``chat_format(tokenizer).summary`` is a line for the log)."""
     from transformers import AutoTokenizer
 
     path, hub = locate_model(path, key, revision)
@@ -96,7 +100,8 @@ def load_tokenizer(path: str | Path, key: str = "model.path", revision: str | No
         raise UserError(f"{key}: cannot load the tokenizer from {path}: {str(err).splitlines()[0]}") from None
     if hub:  # named as from_pretrained(repo_id) names it
         tokenizer.name_or_path = hub.repo_id
-    check_chat_template(tokenizer, f"{key}: {hub.repo_id if hub else path}")
+    chat.configure(tokenizer, chat_template, chat_template_kwargs, where=f"{key}: {hub.repo_id if hub else path}",
+                   template_key=template_key, kwargs_key=kwargs_key)
     if tokenizer.pad_token_id is None:  # padding is masked out everywhere, so EOS is a safe pad
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -178,7 +183,23 @@ def load_model(path: str | Path, dtype: torch.dtype, device: torch.device,
     model.config.use_cache = False
     model.requires_grad_(False)
     cpu_threads.apply(model, device)  # one intra-op thread for a small model on the CPU (rlvf/cpu_threads.py)
-    return model.to(device)
+    model = model.to(device)
+    _check_finite(model, path, key)
+    return model
+
+
+def _check_finite(model: torch.nn.Module, path: Path, key: str) -> None:
+    """Refuse NaN or infinite weights at load: training on them would fail at its first step and
+    blame the learning rate, sampling would answer garbage. One pass over the weights (on ``device``)."""
+    for name, param in model.named_parameters():
+        finite = torch.isfinite(param)
+        if not bool(finite.all()):
+            bad = param.numel() - int(finite.sum())
+            why = ("the checkpoint is damaged, or holds values beyond float16's range (load it as bfloat16 or "
+                   "float32)" if param.dtype == torch.float16 else "the checkpoint is damaged; re-download or "
+                   "re-export it")
+            raise UserError(f"{key}: {path}: tensor {name} holds NaN or infinite values ({bad:,} of "
+                            f"{param.numel():,} as {str(param.dtype).removeprefix('torch.')}); {why}")
 
 
 # --------------------------------------------------------------------------- the load-time log-prob check

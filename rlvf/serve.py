@@ -417,8 +417,14 @@ class App:
             return completion_body(model, self.teacher.complete(messages, params, client_gone))
         if not self.hf or model not in self.hf.names:
             raise ApiError(404, f"The model `{clip(model)}` does not exist.", "model", "model_not_found")
+        from rlvf.chat_template import chat_format
         from rlvf.generation import Job
 
+        asked = body.get("chat_template_kwargs")  # vLLM's per-request field: only the server's own values
+        if asked is not None and asked != chat_format(self.hf.tokenizer).kwargs:
+            raise ApiError(400, f"chat_template_kwargs: this server renders prompts with "
+                                f"{chat_format(self.hf.tokenizer).kwargs} (--chat-template-kwargs, as training "
+                                "does); a request cannot change them", "chat_template_kwargs")
         ids = self.hf.encode(messages)
         max_tokens = self.hf.resolve_max_tokens(len(ids), params.max_tokens, self.default_max_tokens)
         job = Job(model, ids, params, max_tokens, Future(), client_gone)
@@ -542,13 +548,19 @@ def start_server(
     default_max_tokens: int = 256,
     max_body_bytes: int = MAX_BODY_BYTES,
     limits: RequestLimits | None = None,
+    model_key: str = "--model",
+    chat_template: str | Path | None = None,
+    chat_template_kwargs: dict | None = None,
 ) -> RunningServer:
     """Load the backends, bind ``host:port`` (0: a free port), and serve in background threads.
 
-    ``model``: a local HF model directory or a Hub id (owner/name) at ``revision`` (rlvf.hub_models);
+    ``model``: a local HF model directory or a Hub id (owner/name) at ``revision`` (rlvf.hub_models),
+    its prompts rendered with ``chat_template`` (a Jinja file; default the tokenizer's) and
+    ``chat_template_kwargs``, as training renders them;
     ``teacher``: None (no teacher), True (the shipped feedbacks), or feedback dirs/files;
     ``teacher_revision``: how it revises, "edit" or "rewrite" (``rlvf.tinyworld.teacher``);
-    ``limits``: per-request limits (default ``RequestLimits()``). Raises UserError for anything the
+    ``limits``: per-request limits (default ``RequestLimits()``); ``model_key``: what errors about
+    ``model`` name (the pipeline passes its config key, model.path). Raises UserError for anything the
     user can fix (missing model dir, bad adapter or feedback, port in use, a value out of range).
     """
     lora_modules = dict(lora_modules or {})
@@ -569,7 +581,8 @@ def start_server(
         if model:
             from rlvf.generation import HFBackend
 
-            hf = HFBackend(model, name, {k: Path(v) for k, v in lora_modules.items()}, device, dtype, revision)
+            hf = HFBackend(model, name, {k: Path(v) for k, v in lora_modules.items()}, device, dtype, revision,
+                           key=model_key, chat_template=chat_template, chat_template_kwargs=chat_template_kwargs)
         httpd.app = App(hf, teacher_backend, max_batch_size, batch_wait_ms, default_max_tokens, max_body_bytes,
                         limits)
         httpd.server_activate()
@@ -604,6 +617,17 @@ def _integer(low: int, high: int | None = None):
     return parse
 
 
+def _json_object(text: str) -> dict:
+    """An argparse type: a JSON object."""
+    try:
+        value = json.loads(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({err})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
 def _seconds(text: str) -> float:
     """An argparse type: a finite number >= 0."""
     try:
@@ -629,6 +653,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", help="local Hugging Face model directory, or a Hub id (owner/name) resolved "
                         "through the Hugging Face cache (HF_HUB_OFFLINE=1: the cache only)")
     parser.add_argument("--revision", help="branch, tag or commit of the Hub model --model names (default: main)")
+    parser.add_argument("--chat-template", metavar="FILE", help="Jinja chat template used instead of the "
+                        "tokenizer's (as model.chat_template)")
+    parser.add_argument("--chat-template-kwargs", type=_json_object, default={}, metavar="JSON",
+                        help="extra chat-template variables as a JSON object, e.g. '{\"enable_thinking\": false}' "
+                             "(as model.chat_template_kwargs)")
     parser.add_argument("--served-model-name", help="name of the base model in requests (default: the Hub id as "
                         "given, or the directory's name)")
     parser.add_argument("--lora-modules", type=_lora_module, nargs="+", action="extend", default=[],
@@ -662,7 +691,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if (args.chat_template or args.chat_template_kwargs) and not args.model:
+        parser.error("--chat-template and --chat-template-kwargs apply to the --model being served; give --model")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.model:
         from transformers.utils import logging as hf_logging
@@ -686,6 +718,7 @@ def main(argv: list[str] | None = None) -> None:
                                max_n=args.max_n, max_items=args.max_teacher_items)
         server = start_server(
             args.model, lora, args.teacher, revision=args.revision, served_model_name=args.served_model_name,
+            chat_template=args.chat_template, chat_template_kwargs=args.chat_template_kwargs,
             teacher_name=args.teacher_name, teacher_revision=args.teacher_revision, host=args.host,
             port=args.port, device=args.device, dtype=args.dtype, max_batch_size=args.max_batch_size,
             batch_wait_ms=args.batch_wait_ms, default_max_tokens=args.default_max_tokens, limits=limits,

@@ -42,6 +42,7 @@ from rlvf.logprobs import SequenceLogps, backbone_hidden, sequence_logprobs, seq
 from rlvf.lora import describe_adapters, disable_adapters, inject_lora, trainable_parameters
 from rlvf.methods import METHODS, summary
 from rlvf.metrics_log import MetricsWriter, check_reporter
+from rlvf.chat_template import chat_format
 from rlvf.modeling import check_logprobs, load_model, load_tokenizer, pick_device, pick_dtype
 from rlvf.objective import Layout
 from rlvf.peft_format import load_adapter, save_adapter
@@ -323,7 +324,8 @@ def prepare(cfg: Config, resume: bool):
         _check_resume_config(cfg, run_dir)
     check_reporter(cfg.train.report_to)
     device = pick_device(cfg.train.device)
-    tokenizer = load_tokenizer(cfg.model.path, revision=cfg.model.revision)
+    tokenizer = load_tokenizer(cfg.model.path, revision=cfg.model.revision, chat_template=cfg.model.chat_template,
+                               chat_template_kwargs=cfg.model.chat_template_kwargs)
     rows = load_rows(cfg)
     train_rows, val_rows = split_rows(rows, cfg.data.val_fraction, cfg.train.seed)
     train_s, dropped = build_streams(cfg, train_rows, tokenizer)
@@ -396,6 +398,7 @@ def train(cfg: Config, resume: bool = False) -> Path:
     n_base = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in params)
     fsdp = f" × {ranks.size} ranks (FSDP2)" if ranks.distributed else ""
     run.log(f"method {summary(cfg.method)}")
+    run.log(chat_format(tokenizer).summary)  # how rows are labelled (rlvf/chat_template.py)
     run.log(f"{cfg.method.name}: {describe_adapters(model)}; {sum(p.numel() for p in params):,} trainable / "
             f"{n_base:,} frozen parameters; {train_s.n_main} train items ({len(train_s.near)} near, "
             f"{len(train_s.out)} out), {val_s.n_main} validation; {dropped} rows dropped by truncation; "

@@ -271,7 +271,7 @@ DATA_CASES = {  # id: (make the bad file in a copy of the toy data dir -> its pa
     "lone surrogate": (_put("lone_surrogate.jsonl", "near_scope_train.jsonl"), ":1: field 'prompt' holds an unpaired surrogate"),
     "null id": (_put("null_id.jsonl", "out_of_scope_train.jsonl"), ":1: field 'id' must be a non-empty string or an integer"),
     "missing file": (_remove("near_scope_train.jsonl"), ": data file not found"),
-    "5000-digit id": (_put("huge_id.jsonl", "in_scope_train.jsonl"), ":1: not valid JSON (holds an integer of more "
+    "5000-digit id": (_put("huge_id.jsonl", "near_scope_train.jsonl"), ":1: not valid JSON (holds an integer of more "
                                                                       "than 4,300 digits; write long ids as strings)"),
 }
 
@@ -392,6 +392,13 @@ MODEL_CASES = {  # id: (break a copy of the tiny model -> the path the message n
     "no tokenizer files": (_no_tokenizer, "has no tokenizer (tokenizer.json or tokenizer.model"),
     "tokenizer.json not json": (_tokenizer_not_json, "tokenizer.json: not valid JSON"),
     "not a directory": (_not_a_dir, "is not a directory"),
+    # refused at load, not blamed on train.lr at the first step (nor on the architecture by the log-prob check)
+    "NaN weights": (_edit_weights(lambda t: {**t, f"{Q0}.weight": t[f"{Q0}.weight"].index_fill(1, torch.tensor([3]),
+                                                                                               float("nan"))}),
+                    f"tensor {Q0}.weight holds NaN or infinite values (64 of 4,096 as float32); the checkpoint is "
+                    "damaged"),
+    "infinite weights": (_edit_weights(lambda t: {**t, "model.norm.weight": torch.full((64,), float("-inf"))}),
+                         "tensor model.norm.weight holds NaN or infinite values (64 of 64 as float32)"),
 }
 
 
@@ -405,6 +412,22 @@ def test_bad_model_folder(tmp_path, tiny_model_dir, capsys, case):
     before = snapshot(tmp_path)
     code, lines = run_cli("train", ["--config", str(path)], capsys)
     assert_one_line_error(code, lines, fragment, named)
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("cli", ["pipeline", "sample", "eval"])
+def test_bad_model_folder_served_locally(tmp_path, tiny_model_dir, capsys, cli):
+    """With serve.student the command starts rlvf's server on model.path: a broken model folder is
+    blamed on model.path (the key the user wrote), never on the server's --model option."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    _no_weights(model)
+    path = pipeline_config(tmp_path, serve={"teacher": True, "student": True}, sample={"reviser": "teacher"},
+                           eval={"methods": ["base"]})
+    before = snapshot(tmp_path)
+    code, lines = run_cli(cli, ["--config", str(path)], capsys)
+    assert_one_line_error(code, lines, f"model.path: {model} has no *.safetensors weights", model)
+    assert "--model" not in lines[0]
     assert snapshot(tmp_path) == before
 
 
@@ -610,6 +633,82 @@ def test_bad_general_prompts_file(tmp_path, capsys, name, fragment):
     code, lines = run_cli("sample", ["--config", str(path)], capsys)
     assert_one_line_error(code, lines, f"{bad}{fragment}", bad)
     assert snapshot(tmp_path) == before
+
+
+# ----------------------------------------------------------------------------- directories that cannot be written
+
+HAS_PROC = Path("/proc/self").is_dir()  # Linux: nothing can be created in /proc, not even by root
+# (CLI, config values over pipeline_config's, what to make in tmp first, expected fragment); the stage's
+# check_stage finds out by trying, so each is refused before a server starts or a byte is written
+UNWRITABLE_CASES = {
+    "train output_dir in /proc": ("train", {"output_dir": "/proc/rlvf-test"}, None,
+                                  "output_dir: /proc/rlvf-test cannot be created in /proc (No such file or directory)"),
+    "pipeline output_dir in /proc": ("pipeline", {"output_dir": "/proc/rlvf-test/run"}, None,
+                                     "output_dir: /proc/rlvf-test/run cannot be created in /proc"),
+    "sample data dir in /proc": ("sample", {"data": {"dirs": ["/proc/rlvf-data"]}}, None,
+                                 "data.dirs[0]: /proc/rlvf-data cannot be created in /proc (No such file or directory)"),
+    "eval out_dir in /proc": ("eval", {"eval": {"out_dir": "/proc/rlvf-eval"}}, None,
+                              "eval.out_dir: /proc/rlvf-eval cannot be created in /proc"),
+    "eval output_dir in /proc": ("eval", {"output_dir": "/proc/rlvf-test"}, None,
+                                 "output_dir: /proc/rlvf-test/eval cannot be created in /proc"),
+    "eval out_dir under a file": ("eval", {"eval": {"out_dir": "cfg.yaml/eval"}}, None,
+                                  "eval.out_dir: cfg.yaml/eval cannot be created: "),
+    "output_dir a FIFO": ("train", {"output_dir": "fifo"}, "fifo",
+                          "output_dir: fifo exists and is not a directory (a FIFO)"),
+    "output_dir a symlink loop": ("pipeline", {"output_dir": "loop"}, "loop", "output_dir: loop is a symbolic link loop"),
+    "data dir a symlink loop": ("sample", {"data": {"dirs": ["loop"]}}, "loop",
+                                "data.dirs[0]: loop is a symbolic link loop"),
+    "output_dir through a symlink loop": ("eval", {"output_dir": "loop/run"}, "loop",
+                                          "output_dir: loop/run passes through a symbolic link loop"),
+    "output_dir a dangling symlink": ("train", {"output_dir": "dangling"}, "dangling",
+                                      "output_dir: dangling is a symbolic link to nowhere/at/all, which does not exist"),
+    "read-only directory": ("train", {"output_dir": "ro/out"}, "ro",
+                            "output_dir: ro/out cannot be created in ro (Permission denied)"),
+}
+
+
+def _make(tmp: Path, what: str | None) -> None:
+    if what == "fifo":
+        os.mkfifo(tmp / "fifo")
+    elif what == "loop":
+        (tmp / "loop").symlink_to("loop2")
+        (tmp / "loop2").symlink_to("loop")
+    elif what == "dangling":
+        (tmp / "dangling").symlink_to("nowhere/at/all")
+    elif what == "ro":
+        (tmp / "ro").mkdir(mode=0o500)
+
+
+@pytest.mark.parametrize("case", list(UNWRITABLE_CASES))
+def test_unwritable_dir(in_tmp, capsys, case):
+    """An output or data directory the stage cannot write: one line naming the key, exit 2, nothing
+    written (the write test leaves nothing behind), for train, sample, eval and the pipeline."""
+    cli, values, make, fragment = UNWRITABLE_CASES[case]
+    if "/proc" in fragment and not HAS_PROC:
+        pytest.skip("needs Linux's /proc")
+    if make == "ro" and os.geteuid() == 0:
+        pytest.skip("root may write into a mode-0500 directory; the /proc cases cover what root cannot write")
+    (in_tmp / "model").mkdir()
+    _make(in_tmp, make)
+    pipeline_config(Path("."), **{"output_dir": "out", "model": {"path": "model"}, "data": {"dirs": ["data"]},
+                                  **values})
+    before = snapshot(in_tmp)
+    code, lines = run_cli(cli, ["--config", "cfg.yaml"], capsys)
+    assert_one_line_error(code, lines, fragment, "cfg.yaml")
+    assert snapshot(in_tmp) == before
+    assert not [p for p in in_tmp.iterdir() if p.name.startswith(".rlvf-write-test")]
+
+
+def test_writable_dir_probe_leaves_nothing(tmp_path):
+    """The probe writes and removes: a writable new or existing directory is fine and stays as it was."""
+    from rlvf.atomic import check_writable_dir, writable_dir_problem
+
+    assert writable_dir_problem(tmp_path / "a" / "b") is None
+    assert writable_dir_problem(tmp_path) is None
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(Exception, match=r"^k: .*file/sub cannot be created: .*file is not a directory \(a file\)$"):
+        check_writable_dir(tmp_path / "file" / "sub", "k")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
 def test_bad_pipeline_stage(tmp_path, capsys):

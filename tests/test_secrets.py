@@ -107,6 +107,7 @@ def test_planted_key_is_sent_but_never_written(tmp_path, tiny_model_dir, monkeyp
         "data": {"dirs": [str(work / "data")], "max_length": 160, "max_prompt_length": 64, "val_fraction": 0.1},
         "output_dir": str(work / "run"),
         "sample": {"categories": 2, "in_scope_per_category": 3, "near_scope_per_category": 3, "out_of_scope": 6,
+                   "reviser": "teacher",  # a random tiny student cannot follow a revision instruction
                    "student_sampling": {"temperature": 0.0, "max_tokens": 16}},
         "lora": {"r": 2, "alpha": 4},
         "train": {"max_steps": 2, "batch_size": 2, "grad_accum": 1, "save_every": 1, "progress": False},
