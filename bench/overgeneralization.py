@@ -36,6 +36,7 @@ from rlvf import sample  # noqa: E402
 from rlvf.config import load_config  # noqa: E402
 from rlvf.endpoints import local_endpoints  # noqa: E402
 from rlvf.feedback import FEEDBACK_DIR  # noqa: E402
+from rlvf.methods import setting  # noqa: E402
 from rlvf.train import train  # noqa: E402
 
 CONFIG = ROOT / "configs" / "tinyworld-c3po.yaml"
@@ -99,7 +100,8 @@ def run_feedback(name: str, methods: list[str], work: Path, cmd: str, sets: list
         m, t = cfg.method, cfg.train
         settings = {"beta": m.beta, "loss_type": m.loss_type, "constraint": m.constraint,
                     "lambda_out": m.lambda_out, "lambda_near": m.lambda_near, "lr": t.lr,
-                    "epochs": t.epochs, "lora_r": cfg.lora.r} if method in TRAINED else {}
+                    "epochs": t.epochs, "lora_r": cfg.lora.r,
+                    "disable_dropout": setting(m, "disable_dropout")} if method in TRAINED else {}
         rows.append({"benchmark": "overgeneralization", "feedback": name, "method": method, **scores,
                      "teacher_revision": revision, "settings": settings,
                      "train_end": train_end(out) if method in TRAINED else {},

@@ -166,6 +166,8 @@ class MethodConfig:
     """dpo, sft: near-scope rows added per in-scope row, as reversed pairs (dpo) or baseline rows (sft) (negative_prompt_ratio). Unset: dpo 0, sft 0.5."""
     negatives_out_ratio: Union[Annotated[float, Range(0, 1000)], None] = None
     """dpo, sft: out-of-scope rows added per in-scope row, as negatives_near_ratio (general_prompt_ratio). Unset: dpo 0, sft 0.5."""
+    disable_dropout: Union[bool, None] = None
+    """Train with every dropout off, LoRA's included. Unset: on for c3po and dpo (TRL 0.7.10's DPOTrainer, disable_dropout=True, zeroes them in the original), off for scd, scd_neg, sft (its SFT trainers keep lora.dropout)."""
 
     def problems(self) -> Iterator[tuple[str, str]]:
         """Impossible combinations, and settings the method would ignore."""

@@ -31,7 +31,11 @@ KD_KEYS = frozenset({"kd_kappa", "kd_temperature", "kl_reduction"})
 _NEGATIVE_KEYS = frozenset({"negatives_near_ratio", "negatives_out_ratio"})
 
 # Settings whose default depends on the method (None in MethodConfig until resolved).
-PER_METHOD_KEYS = ("lambda_out", "lambda_near", "negatives_near_ratio", "negatives_out_ratio")
+PER_METHOD_KEYS = ("lambda_out", "lambda_near", "negatives_near_ratio", "negatives_out_ratio", "disable_dropout")
+# TRL 0.7.10's DPOTrainer (disable_dropout=True) sets p = 0 on every nn.Dropout of the PEFT-wrapped model,
+# LoRA's lora_dropout included: the original's dpo and lcdpo runs train without any dropout; its SFT
+# trainers (scd, scd_neg, sft) keep lora_dropout 0.05 and the model's own dropout.
+_DPO_TRAINER = {"disable_dropout": True}
 
 
 @dataclass(frozen=True)
@@ -50,7 +54,7 @@ class Method:
 
     def reads(self, constraint: str = "sft") -> frozenset[str]:
         """The ``method.*`` settings this method uses (``constraint``: the configured L_c)."""
-        keys = {"name"}
+        keys = {"name", "disable_dropout"}
         if self.pairs or self.negatives == "pairs":
             keys |= _PAIR_KEYS
         if self.sft_in or self.negatives == "rows" or self.constraints:
@@ -78,18 +82,18 @@ class Method:
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("c3po", "DPO(in-scope pairs) + λ_out·L_c(out-of-scope) + λ_near·L_c(near-scope) (paper eq. 5)",
            "config_lcdpo.json", pairs=True, constraints=True, kd=True,
-           defaults={"lambda_out": 0.2, "lambda_near": 0.1}),
+           defaults={"lambda_out": 0.2, "lambda_near": 0.1, **_DPO_TRAINER}),
     Method("dpo", "DPO on in-scope pairs, plus near/out rows as reversed pairs (chosen = baseline) at "
            "negatives_*_ratio", "config_dpo.json", pairs=True, negatives="pairs",
-           defaults={"negatives_near_ratio": 0.0, "negatives_out_ratio": 0.0}),
+           defaults={"negatives_near_ratio": 0.0, "negatives_out_ratio": 0.0, **_DPO_TRAINER}),
     Method("scd", "supervised context distillation: NLL of the revised in-scope responses",
-           "config_sft.json", sft_in=True),
+           "config_sft.json", sft_in=True, defaults={"disable_dropout": False}),
     Method("scd_neg", "SCD + negatives: NLL(revised in) + λ_out·NLL(out baselines) + λ_near·NLL(near baselines)",
            "config_sft_weighted.json", sft_in=True, constraints=True,
-           defaults={"lambda_out": 0.5, "lambda_near": 0.5}),
+           defaults={"lambda_out": 0.5, "lambda_near": 0.5, "disable_dropout": False}),
     Method("sft", "NLL of revised in-scope responses and of near/out baselines joined as extra rows at "
            "negatives_*_ratio", "config_sft_neg.json", sft_in=True, negatives="rows",
-           defaults={"negatives_near_ratio": 0.5, "negatives_out_ratio": 0.5}),
+           defaults={"negatives_near_ratio": 0.5, "negatives_out_ratio": 0.5, "disable_dropout": False}),
 )}
 
 METHOD_NAMES = tuple(METHODS)

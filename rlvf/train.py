@@ -40,7 +40,7 @@ from rlvf.data import Encoded, collate
 from rlvf.errors import UserError, exit_on_user_error
 from rlvf.logprobs import SequenceLogps, backbone_hidden, sequence_logprobs, sequence_method_loss
 from rlvf.lora import describe_adapters, disable_adapters, inject_lora, trainable_parameters
-from rlvf.methods import METHODS, summary
+from rlvf.methods import METHODS, setting, summary
 from rlvf.metrics_log import MetricsWriter, check_reporter
 from rlvf.chat_template import chat_format
 from rlvf.modeling import check_logprobs, load_model, load_tokenizer, pick_device, pick_dtype
@@ -350,6 +350,10 @@ def _build_model(run: RunContext):
         wrapped = inject_lora(model, cfg.lora.target_modules, cfg.lora.exclude_modules, r=cfg.lora.r,
                               alpha=cfg.lora.alpha, dropout=cfg.lora.dropout, use_rslora=cfg.lora.use_rslora,
                               seed=cfg.train.seed)
+    if setting(cfg.method, "disable_dropout"):  # as TRL 0.7.10's DPOTrainer does to the original's dpo / lcdpo
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
     run.log(check_logprobs(model))  # rlvf's log-probs = the model's own, adapters on and off; else exit 2
     if cfg.model.gradient_checkpointing:
         # transformers 5.24 renamed the method (the old name warns and goes in v6); setup.py allows 4.46+

@@ -141,9 +141,10 @@ def test_three_ranks_with_uneven_slices_match_one_process(tmp_path, tiny_model_d
     torchrun(make_config(tmp_path, tiny_model_dir, name="three", **sections), nproc=3)
     # 1e-5, not 1e-6: a few lora_A entries have |gradient| ≈ Adam's eps (1e-8) at step 2 (B was 0 at
     # step 1), where the update lr·g/(|g| + eps) turns ulp-level differences of g into ~1e-3·lr.
-    # Losses to 5e-5: summed in three parts, a small logged term (KD's eval/loss/near ≈ 0.012) differs
-    # by ~2e-7 absolute (1.9e-5 relative measured).
-    assert_same_run(one, tmp_path / "three", rel=5e-5, weight_rel=1e-4)
+    # Losses to 2e-4: KD's logged KL terms (eval/loss/near, eval/loss/out ≈ 0.012) measure how far two
+    # nearly equal distributions are apart, so the 1e-4-relative weight differences above show in them
+    # at the same relative size (1.9e-5 and 1.1e-4 measured); the CE/DPO terms agree to 1e-5.
+    assert_same_run(one, tmp_path / "three", rel=2e-4, weight_rel=1e-4)
 
 
 @pytest.mark.slow

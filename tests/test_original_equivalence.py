@@ -331,3 +331,23 @@ def test_step_count_is_the_trainers(n, batch, accum, epochs):
     assert optimizer_steps(n, batch, accum, epochs) == math.ceil(epochs * per_epoch)
     if (n, batch, accum) == (820, 1, 16):
         assert optimizer_steps(n, batch, accum, epochs) == 51
+
+
+@pytest.mark.parametrize("method,extra,dropout_off", [
+    ("c3po", {}, True), ("dpo", {}, True),  # TRL 0.7.10 DPOTrainer(disable_dropout=True): every nn.Dropout p = 0
+    ("scd", {}, False), ("scd_neg", {}, False), ("sft", {}, False),  # SFTTrainer: lora_dropout stays
+    ("c3po", {"disable_dropout": False}, False), ("scd", {"disable_dropout": True}, True),  # the user decides
+])
+def test_dropout_is_off_where_the_originals_trainer_turns_it_off(tiny_model_dir, tmp_path, method, extra, dropout_off):
+    """The original's dpo/lcdpo run through TRL 0.7.10's DPOTrainer, whose default disable_dropout=True sets
+    p = 0 on every nn.Dropout of the PEFT-wrapped model (dpo_trainer.py: get_peft_model, then
+    disable_dropout_in_model), so its LoRA dropout 0.05 never acts; its SFT trainers keep it."""
+    from rlvf.train import RunContext, _build_model
+
+    raw = {"model": {"path": str(tiny_model_dir), "dtype": "float32", "gradient_checkpointing": False},
+           "data": {"dirs": [str(tmp_path)]}, "output_dir": str(tmp_path / "x"),
+           "method": {"name": method, **extra}, "lora": {"r": 2, "alpha": 4, "dropout": 0.05}}
+    cfg = config_from_dict(raw, "test")
+    model, _ = _build_model(RunContext(cfg, PAD, torch.device("cpu")))
+    rates = {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
+    assert rates == ({0.0} if dropout_off else {0.05})
