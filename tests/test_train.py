@@ -139,8 +139,8 @@ def test_dpo_negatives_add_pairs(tmp_path, tiny_model_dir, capsys):
     n_train = n_in - max(1, int(n_in * 0.1))
     assert f"{n_train + int(0.5 * n_train)} train items" in err
     # the log names the method, its original config and every setting it reads, resolved
-    assert ("method dpo (the original's config_dpo.json at its defaults): beta=0.1 label_smoothing=0.0 "
-            "loss_type=sigmoid negatives_near_ratio=0.5 negatives_out_ratio=0.0 reference=base") in err
+    assert ("method dpo (the original's config_dpo.json at its defaults): beta=0.1 disable_dropout=True "
+            "label_smoothing=0.0 loss_type=sigmoid negatives_near_ratio=0.5 negatives_out_ratio=0.0 reference=base") in err
 
 
 def test_continue_from_adapter_and_two_feedbacks(tmp_path, tiny_model_dir, capsys):
