@@ -128,11 +128,11 @@ def responses_for(method: str, rows: dict[str, list[dict]], student: ChatClient 
     return {scope: [by_key[f"{scope}/{i}"] for i in range(len(part))] for scope, part in rows.items()}
 
 
-def evaluate_feedback(fb: Feedback, data_dir: str | Path, methods: dict[str, str | None], cfg: Config,
+def evaluate_feedback(fb: Feedback, rows: dict[str, list[dict]], methods: dict[str, str | None], cfg: Config,
                       student: ChatClient | None, teacher: ChatClient | None) -> dict:
-    """{method: {"scores", "h", "responses"[, "quality"]}} for one feedback. ``methods`` maps a
-    method name to the served model name that answers for it (None for stored responses)."""
-    rows = test_rows(data_dir, cfg.eval.prompts_per_set)
+    """{method: {"scores", "h", "responses"[, "quality"]}} for one feedback on its ``test_rows``.
+    ``methods`` maps a method name to the served model name that answers for it (None for stored
+    responses)."""
     scorer = Scorer(fb, teacher, cfg.sample.teacher_sampling)
     out = {}
     for method, model in methods.items():
@@ -177,9 +177,8 @@ def run(cfg: Config, student_ep: EndpointConfig | None, teacher_ep: EndpointConf
     base_model = base_model or (student_ep.model if student_ep else None)
     served = {"adapter": adapter_model, "base": base_model}
     methods = {m: served.get(m) for m in cfg.eval.methods}
-    results = {fb.name: evaluate_feedback(fb, d, methods, cfg, student, teacher)
-               for fb, d in zip(feedbacks, cfg.data.dirs)}
     rows = {fb.name: test_rows(d, cfg.eval.prompts_per_set) for fb, d in zip(feedbacks, cfg.data.dirs)}
+    results = {fb.name: evaluate_feedback(fb, rows[fb.name], methods, cfg, student, teacher) for fb in feedbacks}
     print(write_reports(results, out_dir, rows, methods_doc(cfg), caveats(cfg)))
     print(f"wrote {out_dir}/results.json, report.md, chart.png", file=sys.stderr)
     return results
