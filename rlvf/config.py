@@ -457,7 +457,9 @@ class SelectConfig:
     type: Annotated[list[Literal["quantitative", "qualitative"]], Unique()] = field(default_factory=list)
     """Keep the feedbacks of these types (empty: all)."""
     second_feedback: Union[str, None] = None
-    """Name or prefix of exactly one more feedback entry, kept whatever the filters: trained together with the selection and evaluated beside it (the original's second_feedback_prefix)."""
+    """Name or prefix of exactly one more feedback entry, kept whatever the filters, added to each selected feedback's run (the original's second_feedback_prefix; see second_feedback_training)."""
+    second_feedback_training: Literal["separate", "together"] = "separate"
+    """With second_feedback: separate (the original's default) trains every feedback alone and evaluates each selected one with its adapter mixed with the second's (concatenated, weights 1 and 1); together (the original's multi_feedback_training) trains each selected feedback with the second in one adapter. Either way in output_dir/<first>/<second>."""
 
 
 @dataclass
@@ -487,7 +489,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     """Evaluation."""
     select: SelectConfig = field(default_factory=SelectConfig)
-    """Which of the config's feedbacks (and their data.dirs) a command works on, as the original's command line selects them."""
+    """Which of the config's feedbacks (and their data.dirs) a command works on, as the original's command line selects them: each selected feedback is then trained and evaluated on its own, in output_dir/<feedback> (without a selection, all feedbacks are one run)."""
     sweep: SweepConfig = field(default_factory=SweepConfig)
     """Optional sweep over config values."""
 

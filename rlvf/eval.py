@@ -33,6 +33,7 @@ from rlvf.drafts import prepare_feedbacks
 from rlvf.endpoints import ADAPTER_NAME, adapter_to_evaluate, local_endpoints
 from rlvf.errors import UserError, exit_on_user_error
 from rlvf.feedback import Feedback, load_feedbacks
+from rlvf.feedback_runs import check_adapters, eval_parts, make_mix
 from rlvf.report import write_reports
 
 TINY_MODEL_DIR = Path(__file__).resolve().parent / "tinyworld" / "model"
@@ -199,10 +200,14 @@ def main(argv: list[str] | None = None) -> None:
         for _, cfg in runs:
             check_stage(cfg, "eval", where)
             prepare_feedbacks(cfg, where, "eval")  # a sentence as feedback: its draft in data.dirs; select
-            adapter_to_evaluate(cfg, where)  # every point's adapter is there before the first is evaluated
-        for name, cfg in runs:
-            if name:
-                print(f"sweep point {name} -> {cfg.eval.out_dir or Path(cfg.output_dir) / 'eval'}", file=sys.stderr)
+        parts = [(name, part) for name, cfg in runs for part in eval_parts(cfg)]  # one per selected feedback
+        check_adapters([part for _, part in parts], where, args.adapter_model)  # before the first is evaluated
+        for name, part in parts:
+            cfg = part.cfg
+            label = ", ".join(n for n in (f"sweep point {name}" if name else "", part.name) if n)
+            if label:
+                print(f"{label} -> {cfg.eval.out_dir or Path(cfg.output_dir) / 'eval'}", file=sys.stderr)
+            make_mix(part)
             if cfg.serve.student or cfg.serve.teacher:  # rlvf's local server, as the pipeline starts it
                 with local_endpoints(cfg, adapter_to_evaluate(cfg, where)) as (teacher, student):
                     run(cfg, student, teacher, adapter_model=ADAPTER_NAME if cfg.serve.student else args.adapter_model)

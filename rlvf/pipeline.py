@@ -11,7 +11,9 @@ With ``serve.teacher`` / ``serve.student`` the stages use rlvf's own local serve
 endpoints (rlvf/endpoints.py), so the embedded default runs with no network and no API key.
 
 A ``sweep`` runs every point (rlvf.config.load_runs); points with the same sampling settings share
-one sampling, and each point trains and evaluates in its own output_dir.
+one sampling, and each point trains and evaluates in its own output_dir. A ``select`` section samples
+the selected feedbacks, then trains and evaluates each on its own, in output_dir/<feedback>
+(rlvf.feedback_runs).
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from rlvf.config import Config, check_stage, load_runs, samplings, sweep_for
 from rlvf.drafts import prepare_feedbacks
 from rlvf.endpoints import ADAPTER_NAME, local_endpoints, need
 from rlvf.errors import UserError, exit_on_user_error
+from rlvf.feedback_runs import Part, check_adapters, eval_parts, make_mix, train_parts
 from rlvf.train import train
 
 STAGES = ("sample", "train", "eval")
@@ -33,7 +36,9 @@ STAGES = ("sample", "train", "eval")
 
 def run(cfg: Config, stages: list[str], where: str, resume: bool = False, sampled: bool = False) -> dict | None:
     """Run ``stages`` of one config in order (``sampled``: its data was already sampled by an earlier
-    sweep point with the same sampling settings)."""
+    sweep point with the same sampling settings). A ``select`` section samples every selected
+    feedback, then trains and evaluates each on its own (rlvf.feedback_runs). Returns the results
+    of the (last) evaluation."""
     prepare_feedbacks(cfg, where, "sample" if "sample" in stages else "eval" if "eval" in stages else "train",
                       draft="sample" in stages and not sampled)  # sentences drafted into data.dirs; select
     if "sample" in stages and not sampled:
@@ -43,16 +48,30 @@ def run(cfg: Config, stages: list[str], where: str, resume: bool = False, sample
         with local_endpoints(cfg) as (teacher, student):
             sample.run(cfg, need(teacher, "teacher", "sample"), need(student, "student", "sample"))
     if "train" in stages:
-        train(cfg, resume=resume)
+        for part in train_parts(cfg):
+            _announce(part)
+            train(part.cfg, resume=resume)
     results = None
     if "eval" in stages:
-        adapter = Path(cfg.eval.adapter or Path(cfg.output_dir) / "adapter")
-        if "adapter" in cfg.eval.methods and not (adapter / "adapter_config.json").is_file():
-            raise UserError(f"eval.adapter: no adapter at {adapter}; run the train stage first")
-        with local_endpoints(cfg, adapter if "adapter" in cfg.eval.methods else None) as (teacher, student):
-            results = evaluation.run(cfg, student, teacher, adapter_model=ADAPTER_NAME)
+        parts = eval_parts(cfg)
+        for part in parts:  # after training: each adapter (or the two adapters of a mix) is there
+            adapter = Path(part.cfg.eval.adapter or Path(part.cfg.output_dir) / "adapter")
+            if "adapter" in part.cfg.eval.methods and not part.mix and not (adapter / "adapter_config.json").is_file():
+                raise UserError(f"eval.adapter: no adapter at {adapter}; run the train stage first")
+        check_adapters(parts, where, ADAPTER_NAME)
+        for part in parts:
+            _announce(part)
+            make_mix(part)
+            adapter = Path(part.cfg.eval.adapter or Path(part.cfg.output_dir) / "adapter")
+            with local_endpoints(part.cfg, adapter if "adapter" in part.cfg.eval.methods else None) as (teacher, student):
+                results = evaluation.run(part.cfg, student, teacher, adapter_model=ADAPTER_NAME)
     print(f"pipeline finished in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     return results
+
+
+def _announce(part: Part) -> None:
+    if part.name:
+        print(f"{part.name} -> {part.cfg.output_dir}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -302,7 +302,11 @@ def test_list_command(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["list", "--prefix", "zzz"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert exc.value.code == 2 and len(err) == 1 and "no feedback matches prefix 'zzz' among 12" in err[0]
+    assert exc.value.code == 2 and len(err) == 1 and "no feedback matches prefix 'zzz' among the 12 given" in err[0]
+    main(["list", "--second-feedback", "heart-emoji-maddie"])  # no filter: every other feedback is a first one
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 12 and lines[-1].startswith("second: heart-emoji-maddie")
+    assert not any(ln.startswith("heart-emoji-maddie") for ln in lines)
 
 
 def test_a_select_section_keeps_its_feedbacks_and_their_data_dirs(tmp_path, capsys):

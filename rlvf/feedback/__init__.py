@@ -472,8 +472,12 @@ def pick_second(feedbacks: list[Feedback], prefix: str, exclude: list[Feedback] 
 def select_pairs(feedbacks: list[Feedback], prefix=None, category=None, scope=None, type=None,
                  second: str | None = None) -> list[int]:
     """Indices of ``feedbacks`` (aligned with a config's data.dirs) that a selection keeps: those passing
-    the filters, then the ``second`` feedback (kept whatever the filters), which must not be one of them."""
+    the filters, then the ``second`` feedback (kept whatever the filters), which must not be one of them.
+    With no filter at all every feedback but the second is a first one."""
     chosen = select_feedbacks(feedbacks, prefix, category, scope, type)
+    if second and not any((prefix is not None, category, scope, type)):
+        other = pick_second(feedbacks, second, label="second_feedback")
+        chosen = [fb for fb in chosen if fb is not other]
     if not chosen:
         shown = ", ".join(fb.name for fb in feedbacks[:6]) + (", …" if len(feedbacks) > 6 else "")
         raise UserError(f"no feedback matches {describe_selection(prefix, category, scope, type)} among the "

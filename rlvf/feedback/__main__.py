@@ -9,21 +9,18 @@ import sys
 from rlvf import drafts
 from rlvf.config import load_config
 from rlvf.errors import UserError, exit_on_user_error
-from rlvf.feedback import (FEEDBACK_DIR, FEEDBACK_SCOPES, FEEDBACK_TYPES, describe_selection, load_feedbacks,
-                           pick_second, select_feedbacks)
+from rlvf.feedback import FEEDBACK_DIR, FEEDBACK_SCOPES, FEEDBACK_TYPES, load_feedbacks, select_pairs
 
 
 def _list(args) -> None:
+    """The selection a config's select section with these filters would run (rlvf.feedback_runs)."""
     feedbacks = load_feedbacks(args.sources or FEEDBACK_DIR)
-    chosen = select_feedbacks(feedbacks, args.prefix, args.category, args.scope, args.type)
-    if not chosen:
-        raise UserError(f"no feedback matches {describe_selection(args.prefix, args.category, args.scope, args.type)} "
-                        f"among {len(feedbacks)} ({', '.join(fb.name for fb in feedbacks[:6])}"
-                        f"{', …' if len(feedbacks) > 6 else ''})")
-    second = pick_second(feedbacks, args.second_feedback, chosen) if args.second_feedback else None
-    for fb in chosen:
+    keep = select_pairs(feedbacks, args.prefix, args.category, args.scope, args.type, args.second_feedback)
+    for i in keep[:-1] if args.second_feedback else keep:
+        fb = feedbacks[i]
         print(f"{fb.name}\t{fb.scope}\t{fb.type}\t{fb.content}\t{fb.source}")
-    if second is not None:
+    if args.second_feedback:
+        second = feedbacks[keep[-1]]
         print(f"second: {second.name}\t{second.scope}\t{second.type}\t{second.content}\t{second.source}")
 
 
@@ -46,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     ls.add_argument("--scope", action="append", choices=FEEDBACK_SCOPES, help="repeatable: any")
     ls.add_argument("--type", action="append", choices=FEEDBACK_TYPES, help="repeatable: any")
     ls.add_argument("--second-feedback", metavar="PREFIX", help="also pick exactly one second feedback by name "
-                                                                "or prefix (combined training, mixed adapters)")
+                                                                "or prefix (added to each selected one's run)")
     args = parser.parse_args(argv)
     with exit_on_user_error():
         if args.command == "list":
