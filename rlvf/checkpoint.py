@@ -76,8 +76,9 @@ def _write_rank_files(tmp: Path, model, optimizer, ranks: D.Ranks) -> None:
 
 
 def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, state: dict,
-                    base_model: str, keep: int, ranks: D.Ranks = D.SINGLE) -> Path:
-    """Write checkpoint ``step`` and prune all but the newest ``keep``. Returns its directory.
+                    base_model: str, keep: int, ranks: D.Ranks = D.SINGLE, revision: str | None = None) -> Path:
+    """Write checkpoint ``step`` and prune all but the newest ``keep``. Returns its directory. Its
+    ``adapter/`` is a PEFT adapter of ``base_model`` (at ``revision``, for a Hub model), as the final one.
 
     Under torchrun every rank must call it (it is a collective).
     """
@@ -92,7 +93,7 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, state
     _write_rank_files(tmp, model, optimizer, ranks)
     full = D.full_adapter_state(model, ranks)  # collective; the whole adapter on rank 0
     if ranks.main:
-        save_adapter(model, tmp / "adapter", base_model_name_or_path=base_model, tensors=full)
+        save_adapter(model, tmp / "adapter", base_model_name_or_path=base_model, revision=revision, tensors=full)
         torch.save({"scheduler": scheduler.state_dict()}, tmp / "trainer_state.pt")
         (tmp / "trainer_state.json").write_text(json.dumps({**state, "world_size": ranks.size}, indent=2) + "\n",
                                                 encoding="utf-8")

@@ -456,7 +456,8 @@ def train(cfg: Config, resume: bool = False) -> Path:
             if (t.save_every and step % t.save_every == 0) or stopping or step == total_steps:
                 ckpt.save_checkpoint(run_dir, step, model, optimizer, scheduler,
                                      {"step": step, "micro_batch": step * t.grad_accum, "total_steps": total_steps,
-                                      "metrics": row}, cfg.model.path, t.save_total_limit, ranks)
+                                      "metrics": row}, cfg.model.path, t.save_total_limit, ranks,
+                                     revision=cfg.model.revision)
             if stopping:
                 run.log(f"stopped after step {step} (train.stop_at_step); continue with --resume")
                 return run_dir / "checkpoints"

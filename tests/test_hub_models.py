@@ -181,6 +181,9 @@ def test_train_by_hub_id_records_the_id_and_revision(hub, tmp_path):
     adapter = tmp_path / "run" / "adapter"
     config = json.loads((adapter / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == REPO and config["revision"] == "v1"
+    (checkpoint,) = sorted((tmp_path / "run" / "checkpoints").glob("step-*"))  # its adapter records them too
+    config = json.loads((checkpoint / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == REPO and config["revision"] == "v1"
     assert json.loads((tmp_path / "run" / "train_summary.json").read_text())["steps"] == 2
     proc = python(PEFT_CHECK, env, tmp_path, str(adapter), REPO, "v1")
     assert proc.returncode == 0, proc.stderr
