@@ -188,6 +188,27 @@ def load_model(path: str | Path, dtype: torch.dtype, device: torch.device,
     return model
 
 
+def model_skeleton(path: str | Path | None, revision: str | None = None, needed_by: str | Path = "") -> torch.nn.Module:
+    """The modules of a HF model, with parameters on the meta device (shapes only, no weights read):
+    from config.json of a local directory or a Hub id at ``revision`` (``locate_model``). For code that
+    needs a model's structure but not its weights (mixing expert adapters). ``needed_by`` names the
+    file that asked, for the error when no base model is recorded."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if not path:
+        raise UserError(f"{needed_by}: records no base_model_name_or_path, which is needed to read its "
+                        "target_parameters (the model's modules name them)")
+    local, _ = locate_model(path, "base_model_name_or_path", revision)
+    try:
+        with _quiet_transformers():
+            config = AutoConfig.from_pretrained(local)
+            with torch.device("meta"):
+                return AutoModelForCausalLM.from_config(config)
+    except (OSError, ValueError, KeyError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UserError(f"base_model_name_or_path: cannot build the model of {path} from its config.json: {first}") from None
+
+
 def _check_finite(model: torch.nn.Module, path: Path, key: str) -> None:
     """Refuse NaN or infinite weights at load: training on them would fail at its first step and
     blame the learning rate, sampling would answer garbage. One pass over the weights (on ``device``)."""

@@ -457,8 +457,8 @@ def read_adapter(model: nn.Module, adapter_dir: str | Path) -> tuple[dict, list[
 
 
 def mix_adapters(adapters: list[tuple[str | Path, float]], out_dir: str | Path, *,
-                 keep_other_files: bool = True) -> Path:
-    """Weighted sum of LoRA adapters as one exact adapter, by concatenation; no model is loaded.
+                 keep_other_files: bool = True, model: nn.Module | None = None) -> Path:
+    """Weighted sum of LoRA adapters as one exact adapter, by concatenation.
 
     For every module in any adapter, with sᵢ adapter i's own scaling (α/r or α/√r):
 
@@ -472,19 +472,24 @@ def mix_adapters(adapters: list[tuple[str | Path, float]], out_dir: str | Path, 
     except that PEFT copies use_rslora from the first adapter, so its rsLoRA mixes get scaling
     √r' instead of 1 — wrong.
 
+    LoRA on parameters (``target_parameters``: MoE expert stacks and routers, rlvf.lora_param) is
+    mixed the same way per expert: A (E·r, in) holds E blocks of r rows and B (out, r·E) E
+    interleaved columns per rank, so A'ₑ = rows[wᵢ·sᵢ·Aᵢₑ] and B'ₑ = cols[Bᵢₑ] for every expert e.
+    Which parameter a saved key names depends on the model's modules (PEFT nests one wrapper per
+    parameter of a module), so these adapters need the model's structure: ``model``, or else a
+    skeleton built on the meta device from the base model's config.json (no weights are read).
+    The mix targets the union of the adapters' target_parameters, without dropout (PEFT allows none
+    there). Linear-layer adapters need no model. No model weights are loaded either way.
+
     An existing ``out_dir`` gets the two adapter files replaced and keeps its other files
     (``keep_other_files``; False replaces the folder whole).
     """
     if not adapters:
         raise UserError("mix_adapters: no adapters given")
-    loaded = []  # (dir, weight, config, {module: {"lora_A", "lora_B"}})
+    loaded = []  # (dir, weight, config, {key: {"lora_A", "lora_B"}})
     for adapter_dir, weight in adapters:
         d = Path(adapter_dir)
         config, weights = _read_config(d), _read_weights(d)
-        if config.get("target_parameters"):
-            raise UserError(f"{d / CONFIG_NAME}: has target_parameters (LoRA on expert stacks or routers); mixing "
-                            "such adapters is not supported (their weights hold E experts' factors each)")
-        _check_own_selection(d, config, weights)
         loaded.append((d, float(weight), config, weights))
     bases = {str(d): base_model_field(c.get("base_model_name_or_path")) for d, _, c, _ in loaded}
     if len(set(bases.values())) > 1:
@@ -494,53 +499,79 @@ def mix_adapters(adapters: list[tuple[str | Path, float]], out_dir: str | Path, 
     if len(set(revisions.values())) > 1:
         raise UserError(f"mix_adapters: adapters are for different revisions of {next(iter(bases.values()))}: "
                         f"{revisions}")
-    shapes = _module_shapes(loaded)  # module -> (out, in)
-    ranks = [max(pair["lora_A"].shape[0] for pair in w.values()) for _, _, _, w in loaded]
+    base, revision = next(iter(bases.values())), next(iter(revisions.values()))
+    union_params = sorted({t for _, _, c, _ in loaded for t in c.get("target_parameters") or []})
+    if union_params and model is None:
+        from rlvf.modeling import model_skeleton
+
+        model = model_skeleton(base, revision, loaded[0][0] / CONFIG_NAME)
+    # every adapter's parameter keys renamed to the parameter's path, the mix's keys from the union
+    out_keys = {t.path: key for key, t in _parameter_targets(
+        model, {"target_parameters": union_params}, loaded[0][0]).items()} if union_params else {}
+    experts = {}  # parameter path -> E (1 for a router)
+    for i, (d, weight, config, weights) in enumerate(loaded):
+        params = _parameter_targets(model, config, d) if config.get("target_parameters") else {}
+        renamed = {}
+        for key, pair in weights.items():
+            if key in params:
+                target = params[key]
+                _check_parameter_shapes(d / WEIGHTS_NAME, key, pair, config, target)
+                param = getattr(target.module, target.param)
+                experts[target.path] = param.shape[0] if param.ndim == 3 else 1
+                renamed[target.path] = pair
+            else:
+                why = left_out_by(config, key, None)
+                if why is not None:
+                    raise UserError(f"{d / WEIGHTS_NAME}: {key} has LoRA weights but {why}; PEFT would ignore "
+                                    f"these weights and vLLM apply them (fix {CONFIG_NAME} or drop the weights)")
+                renamed[key] = pair
+        loaded[i] = (d, weight, config, renamed)
+    shapes = _module_shapes(loaded)  # module (or parameter path) -> (out, in)
+    ranks = [max(pair["lora_A"].shape[0] // experts.get(name, 1) for name, pair in w.items()) for _, _, _, w in loaded]
     tensors = {}
-    for module, shape in sorted(shapes.items()):
-        A, B = _mix_module(module, shape, loaded, ranks)  # (r', in), (out, r')
-        tensors[f"{PEFT_PREFIX}{module}.lora_A.weight"] = A
-        tensors[f"{PEFT_PREFIX}{module}.lora_B.weight"] = B
+    for name, shape in sorted(shapes.items()):
+        A, B = _mix_module(name, shape, loaded, ranks, experts.get(name, 1))  # (E·r', in), (out, r'·E)
+        key = out_keys.get(name, name)
+        tensors[f"{PEFT_PREFIX}{key}.lora_A.weight"] = A
+        tensors[f"{PEFT_PREFIX}{key}.lora_B.weight"] = B
     r_mix = sum(ranks)
+    linear = {name: shape for name, shape in shapes.items() if name not in experts}
     config = _peft_config(
         r=r_mix,
         alpha=r_mix,
-        dropout=max(float(c.get("lora_dropout", 0.0)) for _, _, c, _ in loaded),
-        target_modules=_union_target_modules([c for _, _, c, _ in loaded], shapes),
+        dropout=0.0 if union_params else max(float(c.get("lora_dropout", 0.0)) for _, _, c, _ in loaded),
+        target_modules=_union_target_modules([c for _, _, c, _ in loaded], linear),
         use_rslora=False,
-        base_model=next(iter(bases.values())),
-        revision=next(iter(revisions.values())),
+        base_model=base,
+        revision=revision,
         task_type=loaded[0][2].get("task_type") or "CAUSAL_LM",
+        target_parameters=union_params,
+        fan_in_fan_out=any(bool(c.get("fan_in_fan_out")) for _, _, c, _ in loaded),
     )
     return _write_adapter(out_dir, config, tensors, (lambda name: True) if keep_other_files else None)
 
 
-def _check_own_selection(adapter_dir: Path, config: dict, weights: dict) -> None:
-    """Without a model at hand: every module with weights must be one its config selects."""
-    for module in sorted(weights):
-        why = left_out_by(config, module, None)
-        if why is not None:
-            raise UserError(f"{adapter_dir / WEIGHTS_NAME}: {module} has LoRA weights but {why}; PEFT would "
-                            f"ignore these weights and vLLM apply them (fix {CONFIG_NAME} or drop the weights)")
-
-
 def _mix_module(
-    module: str, shape: tuple[int, int], loaded: list, ranks: list[int]
+    name: str, shape: tuple[int, int], loaded: list, ranks: list[int], experts: int = 1
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One module's A' = rows[wᵢ·sᵢ·Aᵢ] (Σrᵢ, in) and B' = cols[Bᵢ] (out, Σrᵢ), zero-padded."""
+    """One module's (or parameter's) A' and B', zero-padded to each adapter's rank rᵢ: per expert e,
+    A'ₑ = rows[wᵢ·sᵢ·Aᵢₑ] and B'ₑ = cols[Bᵢₑ], laid out as A (E·Σrᵢ, in) expert-major and B
+    (out, Σrᵢ·E) rank-major (rlvf.lora_param); E = 1 is a linear layer's A (Σrᵢ, in), B (out, Σrᵢ)."""
     out_f, in_f = shape
+    E = experts
     blocks_A, blocks_B = [], []
     for (_, weight, config, weights), r_i in zip(loaded, ranks):
-        A = torch.zeros(r_i, in_f)  # (r_i, in); stays zero where adapter i lacks the module
-        B = torch.zeros(out_f, r_i)  # (out, r_i)
-        if module in weights:
-            r = weights[module]["lora_A"].shape[0]  # <= r_i
-            s = _scaling(module_rank_alpha(config, module)[1], r, bool(config.get("use_rslora")))
-            A[:r] = weight * s * weights[module]["lora_A"].float()
-            B[:, :r] = weights[module]["lora_B"].float()
+        A = torch.zeros(E, r_i, in_f)  # stays zero where adapter i lacks the module
+        B = torch.zeros(out_f, r_i, E)
+        if name in weights:
+            r = weights[name]["lora_A"].shape[0] // E  # <= r_i
+            s = _scaling(module_rank_alpha(config, name)[1], r, bool(config.get("use_rslora")))
+            A[:, :r] = weight * s * weights[name]["lora_A"].float().view(E, r, in_f)
+            B[:, :r] = weights[name]["lora_B"].float().view(out_f, r, E)
         blocks_A.append(A)
         blocks_B.append(B)
-    return torch.cat(blocks_A, dim=0).contiguous(), torch.cat(blocks_B, dim=1).contiguous()
+    return (torch.cat(blocks_A, dim=1).reshape(-1, in_f).contiguous(),
+            torch.cat(blocks_B, dim=1).reshape(out_f, -1).contiguous())
 
 
 def _module_shapes(loaded: list) -> dict[str, tuple[int, int]]:

@@ -352,10 +352,67 @@ def test_bad_expert_adapter_is_refused_in_one_line(tmp_path):
     assert not lora_modules(model)
 
 
-def test_mix_refuses_expert_adapters_in_one_line(tmp_path):
-    out = save_adapter(_adapted("mixtral"), tmp_path / "a")
-    with pytest.raises(UserError, match=r"adapter_config.json: has target_parameters"):
+@pytest.mark.parametrize("arch", sorted(MOE))
+def test_mix_of_expert_adapters_is_the_weighted_sum_in_peft(arch, tmp_path):
+    """rlvf's all-linear adapter (attention, experts and router; r 4, α 8) mixed with weight −0.5 into
+    one PEFT made (q_proj and the gate-up experts only; r 2, α 6): its key for the experts names
+    gate_up_proj, where the first adapter's same key names down_proj (PEFT nests one wrapper per
+    parameter), so the mix must go by parameter, not by key. Oracle: PEFT, loading each adapter and
+    merging it, gives ΔWᵢ = Mᵢ − W; loading the mix and merging it must give W + ΔW₁ − 0.5·ΔW₂ for
+    every weight of the model. The mix reads the model's structure from the base model's config.json
+    alone (a meta-device skeleton), and rlvf loads the mix with PEFT's logits."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base_dir = tmp_path / "base"
+    _build(arch).save_pretrained(base_dir)
+
+    def base():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
+
+    one = save_adapter(_adapted(arch), tmp_path / "one", base_model_name_or_path=str(base_dir))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        peft_two = get_peft_model(base(), LoraConfig(r=2, lora_alpha=6, target_modules=["q_proj"],
+                                                     target_parameters=["gate_up_proj"]))
+    randomize_lora_B(peft_two, seed=1)
+    peft_two.save_pretrained(tmp_path / "two")
+    two_keys = json.loads((tmp_path / "two" / "adapter_config.json").read_text())
+    assert two_keys["target_parameters"] == ["gate_up_proj"]
+    mixed = mix_adapters([(one, 1.0), (tmp_path / "two", -0.5)], tmp_path / "mix")
+    config = json.loads((mixed / "adapter_config.json").read_text())
+    assert config["r"] == config["lora_alpha"] == 4 + 2 and config["lora_dropout"] == 0.0
+    assert set(config["target_parameters"]) >= {"gate_up_proj"} and len(config["target_parameters"]) >= 2
+
+    def merged(adapter):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return PeftModel.from_pretrained(base(), adapter).merge_and_unload().state_dict()
+
+    W, M1, M2, M = base().state_dict(), merged(one), merged(tmp_path / "two"), merged(mixed)
+    changed = set()
+    for key, w in W.items():
+        expected = w + (M1[key] - w) - 0.5 * (M2[key] - w)
+        _assert_close(M[key], expected, rtol=1e-5)
+        if not torch.equal(M[key], w):
+            changed.add(key.rsplit(".", 1)[0])
+    assert any(k.endswith("experts.gate_up_proj") or k.endswith("experts") for k in changed), changed
+    assert any("router" in k or "gate" in k for k in changed) and any(k.endswith("q_proj") for k in changed)
+    rlvf_model = base()
+    load_adapter(rlvf_model, mixed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _assert_close(_logits(rlvf_model), _logits(PeftModel.from_pretrained(base(), mixed).eval()))
+
+
+def test_mix_of_expert_adapters_needs_the_base_model(tmp_path):
+    out = save_adapter(_adapted("mixtral"), tmp_path / "a")  # built from a config: no base model recorded
+    with pytest.raises(UserError, match=r"a/adapter_config.json: records no base_model_name_or_path, which is "
+                                        r"needed to read its target_parameters"):
         mix_adapters([(out, 1.0)], tmp_path / "mix")
+    assert not (tmp_path / "mix").exists()
 
 
 @pytest.mark.xfail(strict=True, raises=RuntimeError,
