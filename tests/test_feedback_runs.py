@@ -91,6 +91,24 @@ def test_the_runs_of_a_selection(tmp_path):
     assert not any(p.mix for p in _parts(path)[1])
 
 
+def test_two_selected_feedbacks_of_one_name_are_refused(tmp_path):
+    """Each runs in output_dir/<name>: two of one name would share a run directory."""
+    from rlvf.errors import UserError
+    from rlvf.feedback import FEEDBACK_DIR
+
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "heart.yaml").write_text((FEEDBACK_DIR / "heart-emoji-maddie.yaml").read_text())
+    path = _config(tmp_path, tmp_path / "m")
+    raw = yaml.safe_load(path.read_text())
+    raw["feedback"] = [str(tmp_path / "a" / "heart.yaml"), str(tmp_path / "b" / "heart.yaml")]
+    raw["data"]["dirs"] = [str(tmp_path / "d1"), str(tmp_path / "d2")]
+    raw["select"] = {"prefix": "Always"}
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(UserError, match="select: .*b/heart.yaml: feedback name 'heart' already used by"):
+        _parts(path)
+
+
 def test_no_selection_is_one_run_over_every_feedback(tmp_path):
     path = _config(tmp_path, tmp_path / "m")
     raw = yaml.safe_load(path.read_text())
