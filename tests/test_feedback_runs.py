@@ -195,3 +195,24 @@ def test_an_external_student_serves_one_adapter(tmp_path, tiny_model_dir, capsys
     assert "serve.student: false: the external student server serves one adapter, named 'heart', but this " \
            "evaluation needs 2 adapters" in err[1]
     assert not any((tmp_path / "run" / name / "eval").exists() for name in FIRSTS)
+
+
+@pytest.mark.slow
+def test_shipped_second_feedback_config_runs(tmp_path):
+    """configs/tinyworld-second-feedback.yaml, as its header prints it (data and runs moved to tmp_path)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    dirs = [str(tmp_path / "data" / n) for n in ("heart-emoji-maddie", "uppercase-grandma", "fun-fact-ancient-history",
+                                                 "concise-email-alan")]
+    proc = subprocess.run([sys.executable, "-m", "rlvf.pipeline", "--config", "configs/tinyworld-second-feedback.yaml",
+                           "--set", f"data.dirs=[{', '.join(dirs)}]", "--set", f"output_dir={tmp_path / 'run'}",
+                           "--set", "train.progress=false"], capture_output=True, text=True, cwd=root, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for first in ("uppercase-grandma", "fun-fact-ancient-history"):
+        pair = tmp_path / "run" / first / SECOND
+        results = json.loads((pair / "eval" / "results.json").read_text())
+        assert list(results) == [first] and set(results[first]) == {"base", "adapter"}
+        assert (pair / "adapter" / "adapter_model.safetensors").is_file()
+    assert not (tmp_path / "data" / "concise-email-alan").exists()
