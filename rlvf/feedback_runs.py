@@ -115,6 +115,11 @@ def check_adapters(parts: list[Part], where: Where = "", adapter_model: str = "a
     from rlvf.endpoints import adapter_to_evaluate
 
     for part in parts:
+        if part.mix and (Path(part.cfg.output_dir) / "config.yaml").is_file():
+            raise error(where, "select.second_feedback_training",
+                        f"separate: {part.cfg.output_dir} holds a run trained with the second feedback (together), "
+                        "whose adapter the mix would replace; set select.second_feedback_training: together to "
+                        "evaluate it, or use another output_dir")
         for source in part.mix or ():
             if not (source / "adapter_config.json").is_file():
                 raise error(where, "select.second_feedback_training",

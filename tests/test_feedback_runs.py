@@ -161,7 +161,7 @@ def test_separate_training_and_mixed_evaluation(tmp_path, tiny_model_dir, capsys
         assert list(results) == [name] and set(results[name]) == {"adapter"}  # the first's held-out prompts only
 
 
-def test_together_trains_each_first_with_the_second(tmp_path, tiny_model_dir):
+def test_together_trains_each_first_with_the_second(tmp_path, tiny_model_dir, capsys):
     from rlvf.pipeline import main as pipeline
 
     path = _config(tmp_path, tiny_model_dir, second_feedback="heart", second_feedback_training="together")
@@ -174,6 +174,19 @@ def test_together_trains_each_first_with_the_second(tmp_path, tiny_model_dir):
         assert list(json.loads((pair / "eval" / "results.json").read_text())) == [name]
         assert not (run / name / "adapter").exists()
     assert not (run / SECOND).exists()
+    # the same selection evaluated as `separate` would replace the jointly trained adapter by a mix: refused
+    for name in FIRSTS + [SECOND]:  # as if each had also been trained alone
+        (run / name / "adapter").mkdir(parents=True, exist_ok=True)
+        (run / name / "adapter" / "adapter_config.json").write_text("{}")
+    before = (run / FIRSTS[0] / SECOND / "adapter" / "adapter_model.safetensors").read_bytes()
+    from rlvf.eval import main as evaluate
+
+    with pytest.raises(SystemExit) as exc:
+        evaluate(["--config", str(path), "--set", "select.second_feedback_training=separate"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and f"select.second_feedback_training: separate: {run / FIRSTS[0] / SECOND} holds a " \
+        "run trained with the second feedback (together)" in err[-1]
+    assert (run / FIRSTS[0] / SECOND / "adapter" / "adapter_model.safetensors").read_bytes() == before
 
 
 def test_an_external_student_serves_one_adapter(tmp_path, tiny_model_dir, capsys):
