@@ -245,7 +245,8 @@ def prepare_feedbacks(cfg, where="", stage: str = "sample", draft: bool = False,
        the stages that read feedbacks (sample, eval) or when a selection needs them;
     2. a ``select`` section keeps only the feedbacks it selects, with their data.dirs entries
        (``rlvf.feedback.select_pairs``): by sentence or name prefix, category, scope and type, plus
-       one ``second_feedback``, so that train trains them together and eval evaluates them side by side.
+       one ``second_feedback`` (kept last), which rlvf.feedback_runs then splits into one run per
+       selected feedback.
     """
     chosen = selection(cfg)
     if stage in ("sample", "eval") or chosen:
