@@ -147,13 +147,16 @@ def evaluate_feedback(fb: Feedback, rows: dict[str, list[dict]], methods: dict[s
     return out
 
 
-def methods_doc(cfg: Config) -> dict[str, str]:
-    """What ``adapter`` is in this run, for the report."""
+def methods_doc(cfg: Config, adapter_about: str | None = None) -> dict[str, str]:
+    """What ``adapter`` and ``revised`` are in this run, for the report (``adapter_about``: what the
+    adapter is, when it is not simply the one trained in output_dir, e.g. a mix of two)."""
     reviser = ("the teacher's revisions (an upper bound of what training can copy)" if cfg.sample.reviser == "teacher"
                else "the student's own revisions (sample.reviser student; out of scope they show how much the "
                     "revision step itself changes)")
-    return {"adapter": f"the LoRA adapter trained with method {cfg.method.name} ({cfg.output_dir}/adapter), "
-                       "served on the base model",
+    if adapter_about is None:
+        adapter_about = (f"the LoRA adapter in {cfg.eval.adapter} (eval.adapter)" if cfg.eval.adapter else
+                         f"the LoRA adapter trained with method {cfg.method.name} ({Path(cfg.output_dir) / 'adapter'})")
+    return {"adapter": f"{adapter_about}, served on the base model",
             "revised": f"the revised responses written by rlvf.sample: {reviser}"}
 
 
@@ -168,8 +171,10 @@ def caveats(cfg: Config) -> list[str]:
 
 
 def run(cfg: Config, student_ep: EndpointConfig | None, teacher_ep: EndpointConfig | None,
-        adapter_model: str | None = "adapter", base_model: str | None = None, progress: bool = True) -> dict:
-    """Evaluate ``cfg.eval.methods`` on every feedback's test data; writes and returns the results."""
+        adapter_model: str | None = "adapter", base_model: str | None = None, progress: bool = True,
+        adapter_about: str | None = None) -> dict:
+    """Evaluate ``cfg.eval.methods`` on every feedback's test data; writes and returns the results
+    (``adapter_about``: the report's words for the adapter, see ``methods_doc``)."""
     feedbacks = load_feedbacks(cfg.feedback)
     out_dir = Path(cfg.eval.out_dir or Path(cfg.output_dir) / "eval")
     cache = out_dir / ".cache"
@@ -180,7 +185,7 @@ def run(cfg: Config, student_ep: EndpointConfig | None, teacher_ep: EndpointConf
     methods = {m: served.get(m) for m in cfg.eval.methods}
     rows = {fb.name: test_rows(d, cfg.eval.prompts_per_set) for fb, d in zip(feedbacks, cfg.data.dirs)}
     results = {fb.name: evaluate_feedback(fb, rows[fb.name], methods, cfg, student, teacher) for fb in feedbacks}
-    print(write_reports(results, out_dir, rows, methods_doc(cfg), caveats(cfg)))
+    print(write_reports(results, out_dir, rows, methods_doc(cfg, adapter_about), caveats(cfg)))
     print(f"wrote {out_dir}/results.json, report.md, chart.png", file=sys.stderr)
     return results
 
@@ -210,9 +215,10 @@ def main(argv: list[str] | None = None) -> None:
             make_mix(part)
             if cfg.serve.student or cfg.serve.teacher:  # rlvf's local server, as the pipeline starts it
                 with local_endpoints(cfg, adapter_to_evaluate(cfg, where)) as (teacher, student):
-                    run(cfg, student, teacher, adapter_model=ADAPTER_NAME if cfg.serve.student else args.adapter_model)
+                    run(cfg, student, teacher, adapter_model=ADAPTER_NAME if cfg.serve.student else args.adapter_model,
+                        adapter_about=part.about)
             else:
-                run(cfg, cfg.student, cfg.teacher, adapter_model=args.adapter_model)
+                run(cfg, cfg.student, cfg.teacher, adapter_model=args.adapter_model, adapter_about=part.about)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ class Part:
     name: str
     cfg: Config
     mix: tuple[Path, Path] | None = None
+    about: str | None = None  # what the evaluated adapter is, for the report (None: the one trained in cfg.output_dir)
 
 
 def _name(cfg: Config, i: int) -> str:
@@ -101,10 +102,19 @@ def eval_parts(cfg: Config) -> list[Part]:
         return [_part(cfg, [i], _name(cfg, i)) for i in firsts]
     parts = []
     for i in firsts:
-        part = _part(cfg, [i], _name(cfg, i), _name(cfg, second))
-        if cfg.select.second_feedback_training == "separate" and cfg.eval.adapter is None \
-                and "adapter" in cfg.eval.methods:
-            part.mix = (Path(cfg.output_dir, _name(cfg, i), "adapter"), Path(cfg.output_dir, _name(cfg, second), "adapter"))
+        first, other = _name(cfg, i), _name(cfg, second)
+        part = _part(cfg, [i], first, other)
+        if cfg.eval.adapter is not None:  # the user's adapter, evaluated as it is (methods_doc names it)
+            parts.append(part)
+            continue
+        if cfg.select.second_feedback_training == "together":
+            part.about = (f"the LoRA adapter trained with method {cfg.method.name} on {first} and {other} together "
+                          f"(select.second_feedback_training together; {Path(part.cfg.output_dir) / 'adapter'})")
+        elif "adapter" in cfg.eval.methods:
+            part.mix = (Path(cfg.output_dir, first, "adapter"), Path(cfg.output_dir, other, "adapter"))
+            part.about = (f"{first}'s LoRA adapter ({part.mix[0]}) and {other}'s ({part.mix[1]}), each trained alone "
+                          f"with method {cfg.method.name}, concatenated with weights 1 and 1 (select."
+                          f"second_feedback_training separate; {Path(part.cfg.output_dir) / 'adapter'})")
         parts.append(part)
     return parts
 

@@ -64,7 +64,7 @@ def run(cfg: Config, stages: list[str], where: str, resume: bool = False, sample
             make_mix(part)
             adapter = Path(part.cfg.eval.adapter or Path(part.cfg.output_dir) / "adapter")
             with local_endpoints(part.cfg, adapter if "adapter" in part.cfg.eval.methods else None) as (teacher, student):
-                results = evaluation.run(part.cfg, student, teacher, adapter_model=ADAPTER_NAME)
+                results = evaluation.run(part.cfg, student, teacher, adapter_model=ADAPTER_NAME, adapter_about=part.about)
     print(f"pipeline finished in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     return results
 

@@ -159,6 +159,9 @@ def test_separate_training_and_mixed_evaluation(tmp_path, tiny_model_dir, capsys
             torch.testing.assert_close(mixed[key], first[key] + second[key], rtol=1e-5, atol=1e-7)
         results = json.loads((pair / "eval" / "results.json").read_text())
         assert list(results) == [name] and set(results[name]) == {"adapter"}  # the first's held-out prompts only
+        report = (pair / "eval" / "report.md").read_text(encoding="utf-8")
+        assert f"{name}'s LoRA adapter ({run / name / 'adapter'}) and {SECOND}'s ({run / SECOND / 'adapter'}), each " \
+               "trained alone with method c3po, concatenated with weights 1 and 1" in report
 
 
 def test_together_trains_each_first_with_the_second(tmp_path, tiny_model_dir, capsys):
@@ -172,6 +175,7 @@ def test_together_trains_each_first_with_the_second(tmp_path, tiny_model_dir, ca
         saved = yaml.safe_load((pair / "config.yaml").read_text())
         assert saved["data"]["dirs"] == [str(tmp_path / "data" / n) for n in (name, SECOND)]
         assert list(json.loads((pair / "eval" / "results.json").read_text())) == [name]
+        assert f"trained with method c3po on {name} and {SECOND} together" in (pair / "eval" / "report.md").read_text()
         assert not (run / name / "adapter").exists()
     assert not (run / SECOND).exists()
     # the same selection evaluated as `separate` would replace the jointly trained adapter by a mix: refused
