@@ -33,8 +33,9 @@ from rlvf.drafts import prepare_feedbacks
 from rlvf.endpoints import ADAPTER_NAME, adapter_to_evaluate, local_endpoints
 from rlvf.errors import UserError, exit_on_user_error
 from rlvf.feedback import Feedback, load_feedbacks
-from rlvf.feedback_runs import check_adapters, eval_parts, make_mix
+from rlvf.feedback_runs import Part, check_adapters, eval_parts, label, make_mix
 from rlvf.report import write_reports
+from rlvf.typed import Where
 
 TINY_MODEL_DIR = Path(__file__).resolve().parent / "tinyworld" / "model"
 
@@ -190,6 +191,24 @@ def run(cfg: Config, student_ep: EndpointConfig | None, teacher_ep: EndpointConf
     return results
 
 
+def evaluate_parts(parts: list[tuple[str, Part]], where: Where = "", adapter_model: str = ADAPTER_NAME) -> dict | None:
+    """Evaluate (sweep point, run) pairs in turn, each with its own local servers (``serve``) or the
+    configured endpoints: every adapter is checked before the first evaluation, a mix is made just
+    before its own. ``adapter_model``: the adapter's name on an external student server. Returns the
+    last run's results."""
+    check_adapters([part for _, part in parts], where, adapter_model)
+    results = None
+    for name, part in parts:
+        cfg = part.cfg
+        if label(name, part):
+            print(f"{label(name, part)} -> {cfg.eval.out_dir or Path(cfg.output_dir) / 'eval'}", file=sys.stderr)
+        make_mix(part)
+        with local_endpoints(cfg, adapter_to_evaluate(cfg, where)) as (teacher, student):
+            results = run(cfg, student, teacher, adapter_model=ADAPTER_NAME if cfg.serve.student else adapter_model,
+                          adapter_about=part.about)
+    return results
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m rlvf.eval", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -205,20 +224,7 @@ def main(argv: list[str] | None = None) -> None:
         for _, cfg in runs:
             check_stage(cfg, "eval", where)
             prepare_feedbacks(cfg, where, "eval")  # a sentence as feedback: its draft in data.dirs; select
-        parts = [(name, part) for name, cfg in runs for part in eval_parts(cfg)]  # one per selected feedback
-        check_adapters([part for _, part in parts], where, args.adapter_model)  # before the first is evaluated
-        for name, part in parts:
-            cfg = part.cfg
-            label = ", ".join(n for n in (f"sweep point {name}" if name else "", part.name) if n)
-            if label:
-                print(f"{label} -> {cfg.eval.out_dir or Path(cfg.output_dir) / 'eval'}", file=sys.stderr)
-            make_mix(part)
-            if cfg.serve.student or cfg.serve.teacher:  # rlvf's local server, as the pipeline starts it
-                with local_endpoints(cfg, adapter_to_evaluate(cfg, where)) as (teacher, student):
-                    run(cfg, student, teacher, adapter_model=ADAPTER_NAME if cfg.serve.student else args.adapter_model,
-                        adapter_about=part.about)
-            else:
-                run(cfg, cfg.student, cfg.teacher, adapter_model=args.adapter_model, adapter_about=part.about)
+        evaluate_parts([(name, part) for name, cfg in runs for part in eval_parts(cfg)], where, args.adapter_model)
 
 
 if __name__ == "__main__":

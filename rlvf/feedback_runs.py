@@ -31,6 +31,7 @@ from pathlib import Path
 
 from rlvf.config import Config, SelectConfig
 from rlvf.drafts import selection
+from rlvf.endpoints import adapter_to_evaluate
 from rlvf.errors import UserError
 from rlvf.typed import Where, error
 
@@ -46,6 +47,11 @@ class Part:
     cfg: Config
     mix: tuple[Path, Path] | None = None
     about: str | None = None  # what the evaluated adapter is, for the report (None: the one trained in cfg.output_dir)
+
+
+def label(sweep_point: str, part: Part) -> str:
+    """What a command prints before a run: 'sweep point <point>, <first>/<second>' ('' for a plain run)."""
+    return ", ".join(n for n in (f"sweep point {sweep_point}" if sweep_point else "", part.name) if n)
 
 
 def _name(cfg: Config, i: int) -> str:
@@ -122,8 +128,6 @@ def eval_parts(cfg: Config) -> list[Part]:
 def check_adapters(parts: list[Part], where: Where = "", adapter_model: str = "adapter") -> None:
     """Before any evaluation: every adapter to evaluate (or to mix) is there, and an external student
     server, which serves one adapter under one name (``--adapter-model``), is asked for one only."""
-    from rlvf.endpoints import adapter_to_evaluate
-
     for part in parts:
         if part.mix and (Path(part.cfg.output_dir) / "config.yaml").is_file():
             raise error(where, "select.second_feedback_training",

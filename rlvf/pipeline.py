@@ -20,15 +20,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import rlvf.eval as evaluation
 from rlvf import config, sample
 from rlvf.config import Config, check_stage, load_runs, samplings, sweep_for
 from rlvf.drafts import prepare_feedbacks
-from rlvf.endpoints import ADAPTER_NAME, local_endpoints, need
+from rlvf.endpoints import local_endpoints, need
 from rlvf.errors import UserError, exit_on_user_error
-from rlvf.feedback_runs import Part, check_adapters, eval_parts, make_mix, train_parts
+from rlvf.feedback_runs import eval_parts, train_parts
 from rlvf.train import train
 
 STAGES = ("sample", "train", "eval")
@@ -49,29 +48,14 @@ def run(cfg: Config, stages: list[str], where: str, resume: bool = False, sample
             sample.run(cfg, need(teacher, "teacher", "sample"), need(student, "student", "sample"))
     if "train" in stages:
         for part in train_parts(cfg):
-            _announce(part)
+            if part.name:
+                print(f"{part.name} -> {part.cfg.output_dir}", file=sys.stderr)
             train(part.cfg, resume=resume)
     results = None
     if "eval" in stages:
-        parts = eval_parts(cfg)
-        for part in parts:  # after training: each adapter (or the two adapters of a mix) is there
-            adapter = Path(part.cfg.eval.adapter or Path(part.cfg.output_dir) / "adapter")
-            if "adapter" in part.cfg.eval.methods and not part.mix and not (adapter / "adapter_config.json").is_file():
-                raise UserError(f"eval.adapter: no adapter at {adapter}; run the train stage first")
-        check_adapters(parts, where, ADAPTER_NAME)
-        for part in parts:
-            _announce(part)
-            make_mix(part)
-            adapter = Path(part.cfg.eval.adapter or Path(part.cfg.output_dir) / "adapter")
-            with local_endpoints(part.cfg, adapter if "adapter" in part.cfg.eval.methods else None) as (teacher, student):
-                results = evaluation.run(part.cfg, student, teacher, adapter_model=ADAPTER_NAME, adapter_about=part.about)
+        results = evaluation.evaluate_parts([("", part) for part in eval_parts(cfg)], where)
     print(f"pipeline finished in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     return results
-
-
-def _announce(part: Part) -> None:
-    if part.name:
-        print(f"{part.name} -> {part.cfg.output_dir}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -535,7 +535,7 @@ def main(argv: list[str] | None = None) -> None:
     args = config.parse_arguments(parser, argv, "train")
     with exit_on_user_error():
         from rlvf.drafts import prepare_feedbacks
-        from rlvf.feedback_runs import train_parts
+        from rlvf.feedback_runs import label, train_parts
 
         runs = config.load_runs(args.config, args.overrides)
         where = config.origin(args.config, args.overrides)  # a key given by --set is blamed on it
@@ -546,9 +546,8 @@ def main(argv: list[str] | None = None) -> None:
         parts = [(name, part) for name, run_cfg in runs for part in train_parts(run_cfg)]  # one per selected feedback
         try:
             for name, part in parts:
-                label = ", ".join(n for n in (f"sweep point {name}" if name else "", part.name) if n)
-                if label and os.environ.get("RANK", "0") == "0":
-                    print(f"{label} -> {part.cfg.output_dir}", file=sys.stderr)
+                if label(name, part) and os.environ.get("RANK", "0") == "0":
+                    print(f"{label(name, part)} -> {part.cfg.output_dir}", file=sys.stderr)
                 train(part.cfg, resume=args.resume)
         finally:
             D.shutdown()
